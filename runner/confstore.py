@@ -1,0 +1,202 @@
+"""Conf tokens: PrepareConf's plugin configs, parsed once, found by token.
+
+Two levels, so that several worker processes can share one conf space:
+
+* a **backend** holds the raw ``(key, [(plugin, config string)])`` of every
+  live token and allocates tokens. It is the single source of truth; a
+  backend shared by all workers (see ``runner.sharedstore``) lets a token
+  issued by one worker resolve on every other.
+* each worker's :class:`ConfStore` keeps an LRU of decoded :class:`Chain`s in
+  front of it, so the hot path is one dict lookup in the worker's own memory.
+  A token the LRU lacks is fetched from the backend and parsed once.
+
+Tokens slide: every use renews a token's lifetime (PROTOCOL.md §6.3 — APISIX
+may use a token ~6840 s after it was issued). Tokens start at a random offset
+so that a restarted runner never hands out a number an earlier runner issued
+and APISIX may still hold (it would run another route's plugins).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from .plugins import ConfError, Plugin, has_filter, has_response_filter, is_async
+
+log = logging.getLogger("runner.confstore")
+
+RawConf = tuple[tuple[str, str], ...]
+
+
+class Step(NamedTuple):
+    """One plugin of a route's chain, with its config decoded."""
+
+    fn: Callable[..., Any]
+    conf: Any
+    name: str
+    is_async: bool
+
+
+class Chain(NamedTuple):
+    """A route's plugins in order, split by phase."""
+
+    key: str
+    req: tuple[Step, ...]
+    resp: tuple[Step, ...]
+    req_async: bool
+    resp_async: bool
+
+
+class Backend(Protocol):
+    def issue(self, key: str, conf: RawConf) -> int:
+        """The live token of (key, conf), or a new one."""
+
+    def lookup(self, token: int) -> tuple[str, RawConf] | None: ...
+
+    def touch(self, token: int) -> None:
+        """Renew a token's lifetime."""
+
+
+class LocalBackend:
+    """A backend in this process's memory (one worker). Bounded by
+    ``max_entries``; entries unused for ``ttl`` seconds are dropped."""
+
+    def __init__(
+        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._by_token: OrderedDict[int, tuple[str, RawConf, float]] = OrderedDict()
+        self._by_key: dict[tuple[str, RawConf], int] = {}
+        self._next = random.randrange(1, 1 << 31)
+
+    def _new_token(self) -> int:
+        token = self._next
+        self._next = token + 1 if token < 0xFFFFFFFF else 1  # 0 means "absent"
+        return token
+
+    def issue(self, key: str, conf: RawConf) -> int:
+        token = self._by_key.get((key, conf))
+        if token is not None and self.lookup(token) is not None:
+            return token
+        token = self._new_token()
+        self._by_token[token] = (key, conf, self._clock())
+        self._by_key[(key, conf)] = token
+        while len(self._by_token) > self._max:
+            _, (old_key, old_conf, _) = self._by_token.popitem(last=False)
+            self._by_key.pop((old_key, old_conf), None)
+        return token
+
+    def lookup(self, token: int) -> tuple[str, RawConf] | None:
+        entry = self._by_token.get(token)
+        if entry is None:
+            return None
+        key, conf, atime = entry
+        if self._clock() - atime > self._ttl:
+            del self._by_token[token]
+            self._by_key.pop((key, conf), None)
+            return None
+        return key, conf
+
+    def touch(self, token: int) -> None:
+        entry = self._by_token.get(token)
+        if entry is not None:
+            self._by_token[token] = (entry[0], entry[1], self._clock())
+            self._by_token.move_to_end(token)
+
+
+def build_chain(plugins: Mapping[str, Plugin], key: str, conf: Sequence[tuple[str, str]]) -> Chain:
+    """Decode every plugin config of a route, in order. Duplicates are kept."""
+    req: list[Step] = []
+    resp: list[Step] = []
+    for index, (name, raw) in enumerate(conf):
+        plugin = plugins.get(name)
+        if plugin is None:
+            known = ", ".join(sorted(plugins)) or "none"
+            raise ConfError(f"conf[{index}]: unknown plugin {name!r} (loaded: {known})")
+        try:
+            parsed = plugin.parse_conf(raw)
+        except ConfError as exc:
+            raise ConfError(f"conf[{index}] plugin {name!r}: {exc}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfError(f"conf[{index}] plugin {name!r}: {exc!r}") from None
+        if has_filter(plugin):
+            req_fn = plugin.filter
+            req.append(Step(req_fn, parsed, name, is_async(req_fn)))
+        if has_response_filter(plugin):
+            resp_fn = plugin.response_filter
+            resp.append(Step(resp_fn, parsed, name, is_async(resp_fn)))
+    return Chain(
+        key, tuple(req), tuple(resp), any(s.is_async for s in req), any(s.is_async for s in resp)
+    )
+
+
+class ConfStore:
+    """A worker's view of the conf space: decoded chains by token."""
+
+    def __init__(
+        self,
+        plugins: Mapping[str, Plugin],
+        backend: Backend,
+        cache_size: int = 4096,
+        touch_every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._plugins = plugins
+        self._backend = backend
+        self._size = cache_size
+        self._clock = clock
+        self._touch_every = touch_every
+        # token -> (chain, when the backend was last told of a use)
+        self._lru: OrderedDict[int, tuple[Chain, float]] = OrderedDict()
+
+    def prepare(self, key: str, conf: Sequence[tuple[str, str]]) -> int:
+        """Parse a route's configs (raising ConfError) and return its token."""
+        chain = build_chain(self._plugins, key, conf)
+        token = self._backend.issue(key, tuple(conf))
+        self._remember(token, chain)
+        return token
+
+    def get(self, token: int) -> Chain | None:
+        """The chain of a live token, or None (answer CONF_TOKEN_NOT_FOUND)."""
+        entry = self._lru.get(token)
+        if entry is None:
+            return self._load(token)
+        now = self._clock()
+        if now - entry[1] > self._touch_every:
+            # Tell the backend at most once a minute per token, not per call.
+            if self._backend.lookup(token) is None:
+                del self._lru[token]
+                return None
+            self._backend.touch(token)
+            self._lru[token] = (entry[0], now)
+        self._lru.move_to_end(token)
+        return entry[0]
+
+    def _load(self, token: int) -> Chain | None:
+        found = self._backend.lookup(token)
+        if found is None:
+            return None
+        key, conf = found
+        try:
+            chain = build_chain(self._plugins, key, conf)
+        except ConfError:
+            log.exception("token %d (route key %s) no longer parses", token, key)
+            return None
+        self._backend.touch(token)
+        self._remember(token, chain)
+        return chain
+
+    def _remember(self, token: int, chain: Chain) -> None:
+        self._lru[token] = (chain, self._clock())
+        self._lru.move_to_end(token)
+        while len(self._lru) > self._size:
+            self._lru.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._lru)

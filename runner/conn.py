@@ -1,0 +1,231 @@
+"""One APISIX connection: the only asyncio glue between the socket and the codec.
+
+Frames are handled strictly in order. Calls whose plugins are all plain
+``def`` run inline inside ``buffer_updated`` and answer before the next read
+(no task, no copy of the frame). A chain with an ``async def`` plugin runs as
+a task; while it runs, the only frames APISIX may send on this connection are
+ExtraInfo replies (type 3), which resolve the task's pending questions in
+order. Anything else then is a protocol violation and closes the connection.
+
+States (one table, as h11 does)::
+
+    IDLE --call, sync chain--> IDLE           (answered inline)
+    IDLE --call, async chain--> BUSY --final frame written--> IDLE
+    BUSY --type 3--> BUSY                     (answer to the oldest question)
+    BUSY --any other frame--> CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from . import dispatch
+from .confstore import ConfStore
+from .plugins import ConfError
+from .proto import (
+    DecodeError,
+    ExtraInfoResp,
+    FrameDecoder,
+    PrepareConfReq,
+    ReqCallView,
+    RespCallView,
+    RpcType,
+    build_extra_info,
+    build_prepare_conf_resp,
+)
+
+log = logging.getLogger("runner.conn")
+
+
+class ServerState:
+    """What all connections of a worker share."""
+
+    def __init__(self, store: ConfStore, call_timeout: float) -> None:
+        self.store = store
+        self.call_timeout = call_timeout
+        self.connections: set[Connection] = set()
+        self.busy = 0  # connections with a call in flight
+        self.idle_waiter: asyncio.Future[None] | None = None
+
+    def call_done(self) -> None:
+        self.busy -= 1
+        waiter = self.idle_waiter
+        if self.busy == 0 and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(asyncio.BufferedProtocol):
+    __slots__ = ("_decoder", "_handlers", "_questions", "_state", "_store", "_task", "_transport")
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._store = state.store
+        self._decoder = FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self._handlers: dict[int, Callable[[memoryview], None]] = {
+            RpcType.PREPARE_CONF: self._prepare_conf,
+            RpcType.HTTP_REQ_CALL: self._req_call,
+            RpcType.HTTP_RESP_CALL: self._resp_call,
+        }
+
+    # -- asyncio.BufferedProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same API.
+        self._transport = cast(asyncio.Transport, transport)
+        self._state.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        decoder = self._decoder
+        decoder.advance(nbytes)
+        while (frame := decoder.next_frame()) is not None:
+            rpc_type, payload = frame
+            if self._task is not None:
+                self._answer(rpc_type, payload)
+                continue
+            handler = self._handlers.get(rpc_type)
+            if handler is None:
+                log.warning("unexpected frame type %d; answering BAD_REQUEST", rpc_type)
+                self._write(dispatch.ERR_BAD_REQUEST)
+            else:
+                handler(payload)
+
+    def eof_received(self) -> bool:
+        if self._decoder.pending():
+            log.warning("connection closed in the middle of a frame")
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.connections.discard(self)
+        self._transport = None
+        if self._task is not None:
+            self._task.cancel()
+        for fut in self._questions:
+            if not fut.done():
+                fut.set_exception(ConnectionError("APISIX closed the connection"))
+        self._questions.clear()
+
+    # -- frames
+
+    def _write(self, frame: bytes | bytearray) -> None:
+        if self._transport is not None:
+            self._transport.write(frame)
+
+    def _prepare_conf(self, payload: memoryview) -> None:
+        key = "?"
+        try:
+            req = PrepareConfReq(payload)
+            key = req.key
+            token = self._store.prepare(key, req.conf)
+        except DecodeError as exc:
+            log.warning("PrepareConf: malformed request: %s", exc)
+            self._write(dispatch.ERR_BAD_REQUEST)
+        except ConfError as exc:
+            # APISIX answers 503 for this route; the log names key, plugin and field.
+            log.error("PrepareConf for route key %s rejected: %s", key, exc)
+            self._write(dispatch.ERR_BAD_REQUEST)
+        else:
+            self._write(build_prepare_conf_resp(token))
+
+    def _req_call(self, payload: memoryview) -> None:
+        try:
+            view = ReqCallView(payload)
+        except DecodeError as exc:
+            log.warning("HTTPReqCall: malformed request: %s", exc)
+            self._write(dispatch.ERR_BAD_REQUEST)
+            return
+        chain = self._store.get(view.conf_token)
+        if chain is None:
+            self._write(dispatch.ERR_TOKEN_NOT_FOUND)
+        elif chain.req_async:
+            view = ReqCallView(self._decoder.keep(payload))
+            self._start(dispatch.run_req_async(chain, view, self._ask), view.id)
+        else:
+            try:
+                frame = dispatch.run_req_sync(chain, view, self._ask)
+            except Exception as exc:
+                frame = dispatch.failure_frame(exc, f"request {view.id}")
+            self._write(frame)
+
+    def _resp_call(self, payload: memoryview) -> None:
+        try:
+            view = RespCallView(self._decoder.keep(payload))
+            view.validate()
+        except DecodeError as exc:
+            log.warning("HTTPRespCall: malformed request: %s", exc)
+            self._write(dispatch.ERR_BAD_REQUEST)
+            return
+        chain = self._store.get(view.conf_token)
+        if chain is None:
+            self._write(dispatch.ERR_TOKEN_NOT_FOUND)
+        else:
+            self._start(dispatch.run_resp(chain, view, self._ask), view.id)
+
+    # -- async calls and ExtraInfo
+
+    def _start(self, work: Awaitable[bytes | bytearray], req_id: int) -> None:
+        self._state.busy += 1
+        self._task = asyncio.ensure_future(self._finish(work, req_id))
+
+    async def _finish(self, work: Awaitable[bytes | bytearray], req_id: int) -> None:
+        try:
+            async with asyncio.timeout(self._state.call_timeout):
+                frame: bytes | bytearray = await work
+        except TimeoutError:
+            log.error(
+                "request %d: plugins did not finish within %.1f s; answering SERVICE_UNAVAILABLE",
+                req_id, self._state.call_timeout,
+            )  # fmt: skip
+            frame = dispatch.ERR_UNAVAILABLE
+        except asyncio.CancelledError:
+            self._state.call_done()
+            raise
+        except Exception as exc:
+            frame = dispatch.failure_frame(exc, f"request {req_id}")
+        self._task = None
+        self._questions.clear()
+        self._state.call_done()
+        self._write(frame)
+
+    def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
+        """Send an ExtraInfo request; the future resolves with APISIX's answer.
+        Several may be in flight: APISIX answers them in order."""
+        if self._task is None:
+            raise RuntimeError("request.var() and request.body() need an `async def filter`")
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._questions.append(fut)
+        self._write(build_extra_info(info_type, name))
+        return fut
+
+    def _answer(self, rpc_type: int, payload: memoryview) -> None:
+        if rpc_type != RpcType.EXTRA_INFO or not self._questions:
+            log.warning(
+                "frame type %d arrived while a call was in flight; closing the connection", rpc_type
+            )
+            self.close()
+            return
+        fut = self._questions.popleft()
+        try:
+            result = ExtraInfoResp(payload).result
+        except DecodeError as exc:
+            fut.set_exception(exc)
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def make_factory(state: ServerState) -> Callable[[], Any]:
+    return lambda: Connection(state)

@@ -1,0 +1,145 @@
+"""Runs plugin chains and turns their outcome into reply frames.
+
+No I/O here: the connection hands in decoded views and an ``ask`` function for
+ExtraInfo, and gets back the bytes of the final frame. Exceptions map to
+protocol errors: a plugin that raises becomes SERVICE_UNAVAILABLE (logged with
+its traceback and name), a malformed request BAD_REQUEST.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .confstore import Chain, Step
+from .http import Ask, Request, Response, UpstreamResponse
+from .proto import (
+    DecodeError,
+    ErrCode,
+    FrameTooLarge,
+    ReqCallView,
+    RespCallView,
+    build_err,
+    build_req_call_none,
+    build_req_call_rewrite,
+    build_req_call_stop,
+    build_resp_call_resp,
+)
+
+log = logging.getLogger("runner.dispatch")
+
+Frame = bytes | bytearray
+
+ERR_BAD_REQUEST = build_err(ErrCode.BAD_REQUEST)
+ERR_UNAVAILABLE = build_err(ErrCode.SERVICE_UNAVAILABLE)
+ERR_TOKEN_NOT_FOUND = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
+
+# Hop-by-hop headers never go back in a post-resp header set (RFC 9110 §7.6.1);
+# APISIX would copy them onto the client response as if end-to-end.
+_HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade")
+)  # fmt: skip
+
+
+class PluginFailed(Exception):
+    """A plugin raised; carries its name for the log line."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.plugin = name
+
+
+def req_reply(request: Request, response: Response) -> Frame:
+    """The HTTPReqCall answer for what the chain did."""
+    if response.stopped:
+        status = response.status or 200
+        return build_req_call_stop(
+            request.id, status, response.header_items(), response.body or b""
+        )
+    headers = request.header_changes()
+    args = request.arg_changes()
+    resp_headers = response.header_items()
+    path, body = request.new_path, request.new_body
+    if path is None and body is None and not (headers or args or resp_headers):
+        return build_req_call_none(request.id)
+    return build_req_call_rewrite(request.id, path, headers, args, resp_headers, body)
+
+
+def resp_reply(response: UpstreamResponse) -> Frame:
+    """The HTTPRespCall answer, always with the complete header set.
+
+    APISIX replaces *all* upstream headers with the runner's when it sends any,
+    and when it sends none it copies the upstream's minus Content-Type,
+    Location and other "vital" ones (PROTOCOL.md §6.8). Sending the merged set
+    every time is the only way the upstream's headers all reach the client.
+    """
+    body = response.new_body
+    drop = _HOP_BY_HOP if body is None else _HOP_BY_HOP | {"content-length"}
+    headers = [(n, v) for n, v in response.all_headers() if n.lower() not in drop]
+    status = response.status if response.status != response.upstream_status else 0
+    return build_resp_call_resp(response.id, status, headers, body)
+
+
+def _call_sync(step: Step, *args: Any) -> None:
+    try:
+        step.fn(step.conf, *args)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise PluginFailed(step.name) from exc
+
+
+async def _call(step: Step, *args: Any) -> None:
+    try:
+        if step.is_async:
+            await step.fn(step.conf, *args)
+        else:
+            step.fn(step.conf, *args)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise PluginFailed(step.name) from exc
+
+
+def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
+    """The request phase for a chain of plain ``def`` filters, run inline."""
+    request = Request(view, ask, view.conf_token)
+    response = Response()
+    for step in chain.req:
+        _call_sync(step, request, response)
+        if response.stopped:
+            break
+    return req_reply(request, response)
+
+
+async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
+    request = Request(view, ask, view.conf_token)
+    response = Response()
+    for step in chain.req:
+        await _call(step, request, response)
+        if response.stopped:
+            break
+    return req_reply(request, response)
+
+
+async def run_resp(chain: Chain, view: RespCallView, ask: Ask) -> Frame:
+    response = UpstreamResponse(view.id, view.status, view.headers, ask)
+    for step in chain.resp:
+        await _call(step, response)
+    return resp_reply(response)
+
+
+def failure_frame(exc: BaseException, what: str) -> Frame:
+    """The type-0 frame for an exception escaping a call, logged once."""
+    if isinstance(exc, DecodeError):
+        log.warning("%s: malformed request: %s", what, exc)
+        return ERR_BAD_REQUEST
+    if isinstance(exc, PluginFailed):
+        log.error("%s: plugin %r raised", what, exc.plugin, exc_info=exc.__cause__)
+        return ERR_UNAVAILABLE
+    if isinstance(exc, FrameTooLarge):
+        log.error("%s: reply too large for the protocol: %s", what, exc)
+        return ERR_UNAVAILABLE
+    log.error("%s: internal error", what, exc_info=exc)
+    return ERR_UNAVAILABLE

@@ -1,0 +1,153 @@
+"""Frame layer of the ext-plugin protocol: a 4-byte header, then one flatbuffer.
+
+Wire format (PROTOCOL.md §2), identical in both directions::
+
+    0        1        2        3        4
+    +--------+--------+--------+--------+=====================+
+    |  type  |   payload length (u24, big-endian)    | payload (length bytes)
+    +--------+--------+--------+--------+=====================+
+
+``type`` is an :class:`RpcType`; the payload is a finished flatbuffer (no size
+prefix, no file identifier). The length field cannot express more than
+16,777,215 bytes, so neither side may send more.
+
+:class:`FrameDecoder` is sans-IO and owns the receive buffer: the transport asks
+it where to read (``get_buffer``), says how many bytes arrived (``advance``) and
+then pulls complete frames (``next_frame``). A frame that lies inside the
+buffer is handed out as a ``memoryview`` slice, with no copy. A frame larger
+than the buffer gets a buffer of exactly its size and the transport reads
+straight into it, so even a 16 MiB body is copied by nobody but the kernel.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+HEADER_SIZE = 4
+MAX_PAYLOAD = (1 << 24) - 1
+DEFAULT_CHUNK = 64 * 1024
+# Frames up to this size are copied when a consumer keeps them across reads;
+# larger ones keep their buffer and the decoder takes a fresh one.
+_COPY_LIMIT = 4096
+
+_HEADER = struct.Struct(">I")
+
+
+class RpcType(enum.IntEnum):
+    ERR = 0
+    PREPARE_CONF = 1
+    HTTP_REQ_CALL = 2
+    EXTRA_INFO = 3
+    HTTP_RESP_CALL = 4
+
+
+class FrameTooLarge(ValueError):
+    """A payload that the 24-bit length field cannot carry."""
+
+
+def encode_header(rpc_type: int, length: int) -> bytes:
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
+    return _HEADER.pack((rpc_type << 24) | length)
+
+
+def encode_frame(rpc_type: int, payload: bytes | bytearray) -> bytes:
+    return encode_header(rpc_type, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into ``(type, payload view)`` frames, zero-copy.
+
+    Views returned by :meth:`next_frame` stay valid until the next
+    :meth:`get_buffer` call, which may reuse the memory. A consumer that needs a
+    frame longer (an async call waiting for ExtraInfo) calls :meth:`keep`.
+    """
+
+    __slots__ = ("_big", "_big_fill", "_big_type", "_buf", "_chunk", "_end", "_mv", "_start")
+
+    def __init__(self, chunk: int = DEFAULT_CHUNK) -> None:
+        self._chunk = chunk
+        self._buf = bytearray(chunk)
+        self._mv = memoryview(self._buf)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # end of received data
+        self._big: bytearray | None = None  # a frame too large for the chunk
+        self._big_fill = 0
+        self._big_type = 0
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read must go (never empty)."""
+        if self._big is not None:
+            return memoryview(self._big)[self._big_fill :]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            self._compact()
+        return self._mv[self._end :]
+
+    def advance(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written into the last buffer."""
+        if self._big is not None:
+            self._big_fill += nbytes
+        else:
+            self._end += nbytes
+
+    def next_frame(self) -> tuple[int, memoryview] | None:
+        """The next complete frame, or None until more bytes arrive."""
+        big = self._big
+        if big is not None:
+            if self._big_fill < len(big):
+                return None
+            self._big = None
+            return self._big_type, memoryview(big)
+        start = self._start
+        avail = self._end - start
+        if avail < HEADER_SIZE:
+            return None
+        word = _HEADER.unpack_from(self._buf, start)[0]
+        length = word & 0xFFFFFF
+        if avail - HEADER_SIZE >= length:
+            begin = start + HEADER_SIZE
+            self._start = begin + length
+            return word >> 24, self._mv[begin : begin + length]
+        if HEADER_SIZE + length > len(self._buf):
+            self._start_big(word >> 24, length)
+        return None
+
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (0 at a frame boundary)."""
+        if self._big is not None:
+            return HEADER_SIZE + self._big_fill
+        return self._end - self._start
+
+    def keep(self, view: memoryview) -> memoryview:
+        """Make a frame view outlive the next read. Small frames are copied;
+        for a large one the decoder gives up its buffer and takes a new one."""
+        if view.obj is not self._buf:
+            return view  # a frame with a buffer of its own
+        if len(view) <= _COPY_LIMIT:
+            return memoryview(bytes(view))
+        self._detach()
+        return view
+
+    def _start_big(self, rpc_type: int, length: int) -> None:
+        # The header said more than the chunk holds: give the frame a buffer of
+        # its exact size and move what already arrived of it there.
+        big = bytearray(length)
+        got = self._end - self._start - HEADER_SIZE
+        big[:got] = self._mv[self._start + HEADER_SIZE : self._end]
+        self._big, self._big_fill, self._big_type = big, got, rpc_type
+        self._start = self._end = 0
+
+    def _compact(self) -> None:
+        tail = self._end - self._start
+        self._buf[:tail] = self._mv[self._start : self._end]
+        self._start, self._end = 0, tail
+
+    def _detach(self) -> None:
+        old = self._mv[self._start : self._end]
+        self._buf = bytearray(self._chunk)
+        self._mv = memoryview(self._buf)
+        self._buf[: len(old)] = old
+        self._start, self._end = 0, len(old)

@@ -1,0 +1,325 @@
+"""Views of the messages APISIX sends and builders of the runner's replies.
+
+Schema: ext-plugin-proto v0.6.1 (``ext-plugin.fbs`` beside this file, PROTOCOL.md §3).
+Views decode a field on first access and keep nothing but the buffer view.
+Builders return complete frames, header included, so the transport writes
+one ``bytes``-like object per reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import struct
+from collections.abc import Sequence
+
+from .fb import (
+    DecodeError,
+    Table,
+    TextPairs,
+    align4,
+    begin_table,
+    patch,
+    vtable,
+    write_bytes,
+    write_text_vector,
+)
+from .frame import HEADER_SIZE, MAX_PAYLOAD, FrameTooLarge, RpcType
+
+__all__ = [
+    "METHODS",
+    "DecodeError",
+    "ErrCode",
+    "ExtraInfoResp",
+    "PrepareConfReq",
+    "ReqCallView",
+    "RespCallView",
+    "build_err",
+    "build_extra_info",
+    "build_prepare_conf_resp",
+    "build_req_call_none",
+    "build_req_call_rewrite",
+    "build_req_call_stop",
+    "build_resp_call_resp",
+]
+
+
+class ErrCode(enum.IntEnum):
+    BAD_REQUEST = 0
+    SERVICE_UNAVAILABLE = 1
+    CONF_TOKEN_NOT_FOUND = 2
+
+
+class InfoType(enum.IntEnum):
+    VAR = 1
+    REQ_BODY = 2
+    RESP_BODY = 3
+
+
+METHODS = (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
+    "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH", "TRACE",
+)  # fmt: skip
+
+_ACTION_STOP = 1
+_ACTION_REWRITE = 2
+
+# --------------------------------------------------------------------------- views
+
+
+class PrepareConfReq:
+    """``A6.PrepareConf.Req``: conf (0) [TextEntry], key (1) string."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, payload: memoryview) -> None:
+        self._t = Table.root(payload)
+
+    @property
+    def key(self) -> str:
+        return self._t.string(1) or ""
+
+    @property
+    def conf(self) -> list[tuple[str, str]]:
+        """(plugin name, config string) in execution order; duplicates kept."""
+        return [(name, value or "") for name, value in self._t.text_pairs(0)]
+
+
+class ReqCallView:
+    """``A6.HTTPReqCall.Req``. ``id`` and ``conf_token`` are read at once (every
+    call needs them); the rest only when a plugin asks."""
+
+    __slots__ = ("_t", "conf_token", "id")
+
+    def __init__(self, payload: memoryview) -> None:
+        t = Table.root(payload)
+        self._t = t
+        self.id = t.u32(0)
+        self.conf_token = t.u32(6)
+
+    @property
+    def src_ip(self) -> bytes:
+        view = self._t.bytes_view(1)
+        return b"" if view is None else bytes(view)
+
+    @property
+    def method(self) -> str:
+        code = self._t.u8(2)
+        if code >= len(METHODS):
+            raise DecodeError(f"unknown method code {code}")
+        return METHODS[code]
+
+    @property
+    def path(self) -> str:
+        return self._t.string(3) or ""
+
+    @property
+    def args(self) -> TextPairs:
+        return self._t.text_pairs(4)
+
+    @property
+    def headers(self) -> TextPairs:
+        return self._t.text_pairs(5)
+
+    def validate(self) -> None:
+        """Decode every field once, so that a malformed request fails before
+        any plugin sees it."""
+        _ = (self.src_ip, self.method, self.path, self.args, self.headers)
+
+
+class RespCallView:
+    """``A6.HTTPRespCall.Req``: id (0), status (1), headers (2), conf_token (3)."""
+
+    __slots__ = ("_t", "conf_token", "id")
+
+    def __init__(self, payload: memoryview) -> None:
+        t = Table.root(payload)
+        self._t = t
+        self.id = t.u32(0)
+        self.conf_token = t.u32(3)
+
+    @property
+    def status(self) -> int:
+        return self._t.u16(1)
+
+    @property
+    def headers(self) -> TextPairs:
+        return self._t.text_pairs(2)
+
+    def validate(self) -> None:
+        _ = (self.status, self.headers)
+
+
+class ExtraInfoResp:
+    """``A6.ExtraInfo.Resp``: result (0) [ubyte], absent when APISIX had nil."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, payload: memoryview) -> None:
+        view = Table.root(payload).bytes_view(0)
+        self.result = None if view is None else bytes(view)
+
+
+# --------------------------------------------------------------------------- builders
+
+_PACK_HEADER = struct.Struct(">I").pack_into
+_PACK_U32 = struct.Struct("<I").pack_into
+_PACK_U16 = struct.Struct("<H").pack_into
+
+
+def _start() -> bytearray:
+    # Frame header placeholder + root offset. Payload offsets are relative and
+    # the payload starts 4-aligned, so building after the header is safe.
+    return bytearray(8)
+
+
+def _finish(out: bytearray, rpc_type: int, root: int) -> bytearray:
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
+    _PACK_HEADER(out, 0, (rpc_type << 24) | length)
+    patch(out, HEADER_SIZE, root)
+    return out
+
+
+@functools.cache
+def _vt(*offsets: int, table_size: int) -> bytes:
+    return vtable(*offsets, table_size=table_size)
+
+
+def _offsets_table(out: bytearray, present: Sequence[bool], scalars: bytes = b"") -> int:
+    """A table whose fields are all offsets (patched later by the caller at
+    ``pos + 4 + 4*k`` for the k-th present field), then ``scalars`` inline."""
+    offsets = []
+    k = 0
+    for here in present:
+        offsets.append(4 + 4 * k if here else 0)
+        k += here
+    size = 4 + 4 * k + len(scalars)
+    align4(out)
+    return begin_table(out, _vt(*offsets, table_size=size), b"\0" * (4 * k) + scalars)
+
+
+def build_err(code: int) -> bytes:
+    return _ERR_FRAMES[code]
+
+
+def _build_err(code: int) -> bytes:
+    out = _start()
+    # An empty vtable slot means BAD_REQUEST (the default); write the code anyway.
+    pos = begin_table(out, vtable(4, table_size=8), bytes((code, 0, 0, 0)))
+    return bytes(_finish(out, RpcType.ERR, pos))
+
+
+_ERR_FRAMES: dict[int, bytes] = {c: _build_err(c) for c in ErrCode}
+
+
+def build_prepare_conf_resp(token: int) -> bytearray:
+    out = _start()
+    pos = begin_table(out, _vt(4, table_size=8), struct.pack("<I", token))
+    return _finish(out, RpcType.PREPARE_CONF, pos)
+
+
+_RESP_NONE_VT = vtable(4, table_size=8)
+_RESP_ACTION_VT = vtable(8, 12, 4, table_size=16)
+_STOP_VT = vtable(12, 4, 8, table_size=16)
+
+
+def build_req_call_none(req_id: int) -> bytearray:
+    out = _start()
+    pos = begin_table(out, _RESP_NONE_VT, struct.pack("<I", req_id))
+    return _finish(out, RpcType.HTTP_REQ_CALL, pos)
+
+
+def _req_call_resp(req_id: int, action_type: int) -> tuple[bytearray, int]:
+    """HTTPReqCall.Resp with an action; returns (buffer, root table position).
+    The action offset slot is at root + 4."""
+    out = _start()
+    pos = begin_table(out, _RESP_ACTION_VT, struct.pack("<IIB3x", 0, req_id, action_type))
+    return out, pos
+
+
+def build_req_call_stop(
+    req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
+) -> bytearray:
+    out, root = _req_call_resp(req_id, _ACTION_STOP)
+    # Stop: status (0) u16, headers (1), body (2)
+    stop = begin_table(out, _STOP_VT, struct.pack("<IIH2x", 0, 0, status))
+    patch(out, root + 4, stop)
+    patch(out, stop + 4, write_text_vector(out, headers))
+    patch(out, stop + 8, write_bytes(out, body))
+    return _finish(out, RpcType.HTTP_REQ_CALL, root)
+
+
+def build_req_call_rewrite(
+    req_id: int,
+    path: str | None,
+    headers: Sequence[tuple[str, str | None]],
+    args: Sequence[tuple[str, str | None]],
+    resp_headers: Sequence[tuple[str, str | None]],
+    body: bytes | None,
+) -> bytearray:
+    """Rewrite: path (0), headers (1), args (2), resp_headers (3), body (4).
+    Empty parts are left out: an absent field is what "unchanged" means."""
+    out, root = _req_call_resp(req_id, _ACTION_REWRITE)
+    present = (path is not None, bool(headers), bool(args), bool(resp_headers), bool(body))
+    rewrite = _offsets_table(out, present)
+    patch(out, root + 4, rewrite)
+    slot = rewrite + 4
+    if path is not None:
+        patch(out, slot, write_bytes(out, path.encode(), nul=True))
+        slot += 4
+    for vector in (headers, args, resp_headers):
+        if vector:
+            patch(out, slot, write_text_vector(out, vector))
+            slot += 4
+    if body:
+        patch(out, slot, write_bytes(out, body))
+    return _finish(out, RpcType.HTTP_REQ_CALL, root)
+
+
+def build_resp_call_resp(
+    req_id: int,
+    status: int,
+    headers: Sequence[tuple[str, str | None]] | None,
+    body: bytes | None,
+) -> bytearray:
+    """HTTPRespCall.Resp: id (0), status (1), headers (2), body (3).
+    ``headers`` None means "keep the upstream's"; see PROTOCOL.md §6.8."""
+    out = _start()
+    has_headers, has_body = headers is not None, bool(body)
+    n = has_headers + has_body
+    offsets = [4 + 4 * n, 8 + 4 * n]
+    offsets.append(4 if has_headers else 0)
+    offsets.append(4 + 4 * has_headers if has_body else 0)
+    inline = b"\0" * (4 * n) + struct.pack("<IH2x", req_id, status)
+    pos = begin_table(out, _vt(*offsets, table_size=4 + len(inline)), inline)
+    if headers is not None:
+        patch(out, pos + 4, write_text_vector(out, headers))
+    if body:
+        patch(out, pos + 4 + 4 * has_headers, write_bytes(out, body))
+    return _finish(out, RpcType.HTTP_RESP_CALL, pos)
+
+
+def _build_extra_info(info_type: int, name: str | None) -> bytearray:
+    out = _start()
+    # ExtraInfo.Req: info_type (0) u8, info (1) offset
+    pos = begin_table(out, _vt(8, 4, table_size=9), struct.pack("<IB3x", 0, info_type))
+    align4(out)
+    if name is None:
+        info = begin_table(out, _vt(table_size=4), b"")
+    else:
+        info = begin_table(out, _vt(4, table_size=8), b"\0" * 4)
+        patch(out, info + 4, write_bytes(out, name.encode(), nul=True))
+    patch(out, pos + 4, info)
+    return _finish(out, RpcType.EXTRA_INFO, pos)
+
+
+_EXTRA_REQ_BODY = bytes(_build_extra_info(InfoType.REQ_BODY, None))
+_EXTRA_RESP_BODY = bytes(_build_extra_info(InfoType.RESP_BODY, None))
+
+
+def build_extra_info(info_type: int, name: str | None = None) -> bytes | bytearray:
+    if info_type == InfoType.VAR:
+        return _build_extra_info(InfoType.VAR, name or "")
+    return _EXTRA_REQ_BODY if info_type == InfoType.REQ_BODY else _EXTRA_RESP_BODY

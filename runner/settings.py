@@ -1,0 +1,145 @@
+"""The runner's settings: ``config.yaml`` plus what APISIX passes in the
+environment, as one frozen msgspec tree validated once at start-up.
+
+Environment (set by APISIX before it spawns the runner, PROTOCOL.md §6.9):
+
+* ``APISIX_LISTEN_ADDRESS`` — ``unix:/path/to.sock``; overrides ``socket.path``;
+* ``APISIX_CONF_EXPIRE_TIME`` — seconds APISIX caches a conf token (default
+  3600); tokens live at least twice that long here (§6.3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import yaml
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the key and the expected form."""
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SocketSettings(_Base, frozen=True):
+    # Unix socket path; APISIX_LISTEN_ADDRESS wins when set.
+    path: str | None = None
+    # APISIX workers often run as `nobody`: they need write permission (§6.9).
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] = 0o766
+    backlog: Positive = 1024
+
+
+class ConfCacheSettings(_Base, frozen=True):
+    # Sliding lifetime of a token; default 2 x APISIX_CONF_EXPIRE_TIME.
+    ttl: Seconds | None = None
+    # Live tokens kept at most (oldest-used evicted first; APISIX re-prepares).
+    max_entries: Positive = 65536
+    # Decoded chains each worker keeps in front of the store.
+    worker_cache: Positive = 4096
+
+
+class LoggingSettings(_Base, frozen=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Log file; None: stderr with --foreground, else nowhere but errors.
+    file: str | None = None
+
+
+class Settings(_Base, frozen=True):
+    socket: SocketSettings = SocketSettings()
+    workers: Positive = 1
+    # Load the plugins bundled with the runner (stop, rewrite, hello-world, ...).
+    bundled_plugins: bool = True
+    # More directories of plugin files, relative to the config file's directory.
+    plugin_dirs: list[str] = msgspec.field(default_factory=list)
+    # Also load plugins that installed packages declare as entry points.
+    entry_points: bool = True
+    conf_cache: ConfCacheSettings = ConfCacheSettings()
+    # A call whose plugins take longer is answered SERVICE_UNAVAILABLE
+    # (APISIX itself gives up after 60 s).
+    call_timeout: Seconds = 10.0
+    logging: LoggingSettings = LoggingSettings()
+    # Filled from the environment / location of the config file.
+    conf_expire_time: Seconds = 3600.0
+    base_dir: str = "."
+
+    @property
+    def socket_path(self) -> str:
+        if not self.socket.path:
+            raise SettingsError(
+                "no socket path: set APISIX_LISTEN_ADDRESS=unix:/path/to.sock "
+                "(APISIX does this) or socket.path in config.yaml"
+            )
+        return self.socket.path
+
+    @property
+    def token_ttl(self) -> float:
+        return self.conf_cache.ttl or 2 * self.conf_expire_time
+
+    def plugin_paths(self) -> list[Path]:
+        return [Path(self.base_dir, d) for d in self.plugin_dirs]
+
+
+def _read_yaml(path: Path) -> dict[str, object]:
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _listen_path(address: str) -> str:
+    if not address.startswith("unix:") or len(address) <= len("unix:"):
+        raise SettingsError(f"APISIX_LISTEN_ADDRESS: expected unix:/path/to.sock, got {address!r}")
+    return address[len("unix:") :]
+
+
+def _apply_env(data: dict[str, object], env: Mapping[str, str]) -> None:
+    address = env.get("APISIX_LISTEN_ADDRESS")
+    if address:
+        sock = data.get("socket") or {}
+        if not isinstance(sock, dict):
+            raise SettingsError("socket: expected a mapping")
+        data["socket"] = {**sock, "path": _listen_path(address)}
+    expire = env.get("APISIX_CONF_EXPIRE_TIME")
+    if expire:
+        try:
+            data["conf_expire_time"] = float(expire)
+        except ValueError:
+            raise SettingsError(
+                f"APISIX_CONF_EXPIRE_TIME: expected seconds, got {expire!r}"
+            ) from None
+
+
+def load_settings(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    workers: int | None = None,
+) -> Settings:
+    """Read config.yaml (a missing file means all defaults), apply the
+    environment and command-line overrides, validate once."""
+    path = Path(path)
+    data = _read_yaml(path)
+    for key in ("conf_expire_time", "base_dir"):
+        if key in data:
+            raise SettingsError(f"{key}: not a config.yaml setting")
+    _apply_env(data, os.environ if env is None else env)
+    if workers is not None:
+        data["workers"] = workers
+    data["base_dir"] = str(path.resolve().parent)
+    try:
+        return msgspec.convert(data, type=Settings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
