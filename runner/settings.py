@@ -106,6 +106,19 @@ def _listen_path(address: str) -> str:
     return address[len("unix:") :]
 
 
+def _octal_mode(data: dict[str, object]) -> None:
+    # YAML 1.1 reads `mode: 0766` as octal already; accept "0766" / "0o766" too.
+    sock = data.get("socket")
+    if isinstance(sock, dict) and isinstance(sock.get("mode"), str):
+        text = sock["mode"]
+        try:
+            sock["mode"] = int(text, 8)
+        except ValueError:
+            raise SettingsError(
+                f"socket.mode: expected an octal file mode like 0766, got {text!r}"
+            ) from None
+
+
 def _apply_env(data: dict[str, object], env: Mapping[str, str]) -> None:
     address = env.get("APISIX_LISTEN_ADDRESS")
     if address:
@@ -135,6 +148,7 @@ def load_settings(
     for key in ("conf_expire_time", "base_dir"):
         if key in data:
             raise SettingsError(f"{key}: not a config.yaml setting")
+    _octal_mode(data)
     _apply_env(data, os.environ if env is None else env)
     if workers is not None:
         data["workers"] = workers
