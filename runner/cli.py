@@ -33,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, workers=args.workers)
         _ = settings.socket_path
+        if settings.workers > 1:
+            # Not a silent fallback: tokens would not resolve across workers yet.
+            raise SettingsError(
+                "workers: more than one worker needs the shared conf store, "
+                "which this version does not have yet; use workers: 1"
+            )
     except SettingsError as exc:
         print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -83,6 +83,13 @@ def test_stop_reply() -> None:
     assert result.action == Stop(405, [("X-Same", "one"), ("X-Same", "two")], b"cat\0\xff")
 
 
+@pytest.mark.parametrize("body", [b"", b"x", b"four", b"\0" * 1000])
+def test_stop_reply_without_headers(body: bytes) -> None:
+    result = parse_req_reply(build_req_call_stop((1 << 32) - 1, 200, [], body))
+    assert result.id == (1 << 32) - 1
+    assert result.action == Stop(200, [], body)
+
+
 def test_none_reply() -> None:
     result = parse_req_reply(build_req_call_none(0))
     assert (result.id, result.action) == (0, None)

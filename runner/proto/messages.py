@@ -239,16 +239,43 @@ def _req_call_resp(req_id: int, action_type: int) -> tuple[bytearray, int]:
     return out, pos
 
 
+def _stop_template() -> tuple[bytes, int]:
+    """Everything of a Stop reply before its headers vector, laid out once:
+    frame header, root offset, Resp vtable+table, Stop vtable+table. Only the
+    frame length, id, status and two offsets vary (patched per reply)."""
+    out = _start()
+    root = begin_table(out, _RESP_ACTION_VT, struct.pack("<IIB3x", 0, 0, _ACTION_STOP))
+    stop = begin_table(out, _STOP_VT, struct.pack("<IIH2x", 0, 0, 0))
+    patch(out, root + 4, stop)
+    patch(out, HEADER_SIZE, root)
+    assert (root, stop, len(out)) == (20, 48, 64), "layout constants below"
+    return bytes(out), stop
+
+
+_STOP_TEMPLATE, _STOP_POS = _stop_template()
+_ID_AT, _STATUS_AT, _STOP_HEADERS_AT = 28, _STOP_POS + 12, _STOP_POS + 4
+_EMPTY_VECTOR = bytes(4)
+
+
 def build_req_call_stop(
     req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
 ) -> bytearray:
-    out, root = _req_call_resp(req_id, _ACTION_STOP)
-    # Stop: status (0) u16, headers (1), body (2)
-    stop = begin_table(out, _STOP_VT, struct.pack("<IIH2x", 0, 0, status))
-    patch(out, root + 4, stop)
-    patch(out, stop + 4, write_text_vector(out, headers))
-    patch(out, stop + 8, write_bytes(out, body))
-    return _finish(out, RpcType.HTTP_REQ_CALL, root)
+    # The hottest builder: a template copy and three patches instead of
+    # building the two tables field by field.
+    out = bytearray(_STOP_TEMPLATE)
+    _PACK_U32(out, _ID_AT, req_id)
+    _PACK_U16(out, _STATUS_AT, status)
+    if headers:
+        patch(out, _STOP_HEADERS_AT, write_text_vector(out, headers))
+    else:
+        patch(out, _STOP_HEADERS_AT, len(out))
+        out += _EMPTY_VECTOR
+    patch(out, _STOP_HEADERS_AT + 4, write_bytes(out, body))
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
+    _PACK_HEADER(out, 0, (RpcType.HTTP_REQ_CALL << 24) | length)
+    return out
 
 
 def build_req_call_rewrite(
