@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="serve APISIX on APISIX_LISTEN_ADDRESS")
     start.add_argument("--config", default="config.yaml", help="path of config.yaml")
-    start.add_argument("--workers", type=int, default=None, help="worker processes")
+    start.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     start.add_argument(
         "--foreground", action="store_true", help="log to the terminal (development)"
     )
@@ -33,19 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, workers=args.workers)
         _ = settings.socket_path
-        if settings.workers > 1:
-            # Not a silent fallback: tokens would not resolve across workers yet.
-            raise SettingsError(
-                "workers: more than one worker needs the shared conf store, "
-                "which this version does not have yet; use workers: 1"
-            )
     except SettingsError as exc:
         print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     from .server import serve
 
     try:
-        return serve(settings, foreground=args.foreground)
+        return serve(settings, args.config, foreground=args.foreground)
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS

@@ -44,6 +44,15 @@ def _ip_text(packed: bytes) -> str:
     return ""
 
 
+async def _cached_var(cache: dict[str, str | None], ask: Ask, name: str) -> str | None:
+    if name in cache:
+        return cache[name]
+    raw = await ask(InfoType.VAR, name)
+    value = None if raw is None else raw.decode("utf-8", "replace")
+    cache[name] = value
+    return value
+
+
 class Request:
     """The client's request as APISIX forwards it to the runner.
 
@@ -118,15 +127,9 @@ class Request:
 
     async def var(self, name: str) -> str | None:
         """An nginx/APISIX variable (``remote_addr``, ``route_id``, ...); None if unset."""
-        cache = self._vars
-        if cache is None:
-            cache = self._vars = {}
-        elif name in cache:
-            return cache[name]
-        raw = await self._ask(InfoType.VAR, name)
-        value = None if raw is None else raw.decode("utf-8", "replace")
-        cache[name] = value
-        return value
+        if self._vars is None:
+            self._vars = {}
+        return await _cached_var(self._vars, self._ask, name)
 
     async def body(self) -> bytes:
         """The request body (b"" when there is none), fetched once."""
@@ -229,6 +232,7 @@ class UpstreamResponse:
         "_headers",
         "_new_body",
         "_pairs",
+        "_vars",
         "id",
         "status",
         "upstream_status",
@@ -245,6 +249,7 @@ class UpstreamResponse:
         self._ask = ask
         self._body: bytes | None = None
         self._new_body: bytes | None = None
+        self._vars: dict[str, str | None] = {}
 
     @property
     def headers(self) -> Headers:
@@ -253,8 +258,8 @@ class UpstreamResponse:
         return self._headers
 
     async def var(self, name: str) -> str | None:
-        raw = await self._ask(InfoType.VAR, name)
-        return None if raw is None else raw.decode("utf-8", "replace")
+        """An nginx/APISIX variable; None if unset. Cached for this response."""
+        return await _cached_var(self._vars, self._ask, name)
 
     async def body(self) -> bytes:
         """The upstream body (APISIX reads it all; b"" when empty)."""

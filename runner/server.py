@@ -1,18 +1,13 @@
-"""Start-up of a single-process runner: logging, plugins, socket, worker."""
+"""Start-up: logging, then the supervisor, which loads the plugins, binds the
+socket and forks the workers."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 
-from .listener import Listener
 from .logs import setup_logging
-from .plugins import load_plugins
 from .settings import Settings
-from .worker import Worker
-
-log = logging.getLogger("runner")
 
 
 def bundled_plugins_dir() -> Path:
@@ -28,13 +23,8 @@ def plugin_dirs(settings: Settings) -> list[Path]:
     return dirs
 
 
-def serve(settings: Settings, foreground: bool) -> int:
+def serve(settings: Settings, config_path: str, foreground: bool) -> int:
+    from .supervisor import main
+
     setup_logging(settings.logging, foreground)
-    plugins = load_plugins(plugin_dirs(settings), settings.entry_points)
-    listener = Listener(settings.socket_path, settings.socket.mode, settings.socket.backlog)
-    sock = listener.bind()
-    try:
-        Worker(settings, plugins, sock).run()
-    finally:
-        listener.close()
-    return 0
+    return main(settings, config_path)

@@ -10,6 +10,7 @@ Environment (set by APISIX before it spawns the runner, PROTOCOL.md §6.9):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,7 +56,8 @@ class LoggingSettings(_Base, frozen=True):
 
 class Settings(_Base, frozen=True):
     socket: SocketSettings = SocketSettings()
-    workers: Positive = 1
+    # Worker processes; default: one per CPU.
+    workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
     # Load the plugins bundled with the runner (stop, rewrite, hello-world, ...).
     bundled_plugins: bool = True
     # More directories of plugin files, relative to the config file's directory.
@@ -129,11 +131,14 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str]) -> None:
     expire = env.get("APISIX_CONF_EXPIRE_TIME")
     if expire:
         try:
-            data["conf_expire_time"] = float(expire)
+            seconds = float(expire)
         except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
             raise SettingsError(
-                f"APISIX_CONF_EXPIRE_TIME: expected seconds, got {expire!r}"
-            ) from None
+                f"APISIX_CONF_EXPIRE_TIME: expected a positive number of seconds, got {expire!r}"
+            )
+        data["conf_expire_time"] = seconds
 
 
 def load_settings(

@@ -8,20 +8,25 @@ loop is created here and nowhere earlier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import os
 import signal
 import socket
 from collections.abc import Mapping
 
 import uvloop
 
-from .confstore import ConfStore, LocalBackend
+from .confstore import Backend, ConfStore
 from .conn import ServerState, make_factory
 from .plugins import Plugin
 from .settings import Settings
+from .sharedstore import SqliteBackend
 
 log = logging.getLogger("runner.worker")
+
+WORKER_BOOT_ERROR = 4  # exit code: the supervisor stops instead of respawning
 
 # APISIX SIGKILLs its runner 1 s after SIGTERM (PROTOCOL.md §6.9): in-flight
 # calls get this long to finish, the rest of the second is for exiting.
@@ -44,13 +49,23 @@ async def _run_hooks(plugins: Mapping[str, Plugin], hook: str) -> None:
 
 
 class Worker:
-    def __init__(self, settings: Settings, plugins: Mapping[str, Plugin], sock: socket.socket):
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Mapping[str, Plugin],
+        sock: socket.socket,
+        backend: Backend,
+        ready_fd: int = -1,
+    ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.sock = sock
-        backend = LocalBackend(settings.token_ttl, settings.conf_cache.max_entries)
-        store = ConfStore(plugins, backend, settings.conf_cache.worker_cache)
+        # The worker's cache re-checks a token with the store well inside its
+        # lifetime, so an idle token expires on time in every worker.
+        touch_every = min(60.0, settings.token_ttl / 4)
+        store = ConfStore(plugins, backend, settings.conf_cache.worker_cache, touch_every)
         self.state = ServerState(store, settings.call_timeout)
+        self._ready_fd = ready_fd
         self._stop: asyncio.Event | None = None
 
     def run(self) -> None:
@@ -61,13 +76,26 @@ class Worker:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        await _run_hooks(self.plugins, "startup")
+        try:
+            await _run_hooks(self.plugins, "startup")
+        except Exception:
+            log.exception("a plugin's startup() failed")
+            raise SystemExit(WORKER_BOOT_ERROR) from None
         server = await loop.create_unix_server(make_factory(self.state), sock=self.sock)
         log.info("serving on %s", self.settings.socket_path)
+        self._signal_ready()
         try:
             await self._stop.wait()
         finally:
             await self._shutdown(server)
+
+    def _signal_ready(self) -> None:
+        # One byte to the supervisor: this worker accepts connections now.
+        if self._ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._ready_fd, b"1")
+            os.close(self._ready_fd)
+            self._ready_fd = -1
 
     async def _shutdown(self, server: asyncio.Server) -> None:
         server.close()  # stop accepting; the socket file stays for the next runner
@@ -82,3 +110,17 @@ class Worker:
             conn.close()
         await _run_hooks(self.plugins, "shutdown")
         log.info("worker stopped")
+
+
+def serve_worker(
+    settings: Settings, plugins: Mapping[str, Plugin], sock_fd: int, store_path: str, ready_fd: int
+) -> None:
+    """The body of a forked worker process."""
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    sock.setblocking(False)
+    backend = SqliteBackend(store_path, settings.token_ttl, settings.conf_cache.max_entries)
+    try:
+        Worker(settings, plugins, sock, backend, ready_fd).run()
+    finally:
+        backend.close()
+        sock.close()

@@ -171,7 +171,7 @@ def test_vector_longer_than_buffer_raises() -> None:
     view = ReqCallView(memoryview(bytes(good)))
     view.validate()
     # Find the headers vector count (1) and claim a million entries.
-    start, count = view._t._vector(5, 4)
+    start, _count = view._t._vector(5, 4)
     good[start - 4 : start] = (1_000_000).to_bytes(4, "little")
     with pytest.raises(DecodeError, match="overruns"):
         ReqCallView(memoryview(bytes(good))).headers  # noqa: B018

@@ -1,0 +1,326 @@
+"""The supervisor (master) process: bind once, fork workers, watch them.
+
+Modelled on gunicorn's arbiter. No event loop here: the master sleeps in
+``select`` on a self-pipe that signal handlers write to (``signal.set_wakeup_fd``);
+the handlers themselves only enqueue the signal, and the loop dispatches to
+``handle_<name>`` methods.
+
+* Plugins are imported in the master first, so a broken plugin stops start-up
+  with a clear message before any worker exists; workers inherit the imported
+  modules through fork and run the plugins' ``startup()`` themselves.
+* Workers inherit the one listening socket and a path to the shared conf
+  store (``runner.sharedstore``), which outlives any worker.
+* A worker that dies is replaced, with a growing delay if it keeps dying soon
+  after it started; one that fails to boot (a plugin's ``startup()`` raised)
+  stops the runner instead of respawning forever.
+* SIGTERM/SIGINT: workers get SIGTERM (they finish in-flight calls within
+  0.7 s), stragglers get SIGKILL at 0.9 s, all within APISIX's 1 s.
+* SIGHUP: config.yaml and the plugins are reloaded and workers replaced one at
+  a time, each new one serving before an old one is told to stop.
+* The runner exits when the process that started it (APISIX) dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .listener import Listener
+from .plugins import Plugin, PluginError, load_plugins
+from .settings import Settings, SettingsError, load_settings
+from .sharedstore import SqliteBackend
+from .worker import WORKER_BOOT_ERROR
+
+log = logging.getLogger("runner.supervisor")
+
+STOP_DEADLINE = 0.9  # seconds from SIGTERM to SIGKILL of stragglers
+BOOT_TIMEOUT = 30.0
+MAX_BACKOFF = 10.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+PluginLoader = Callable[[Settings], dict[str, Plugin]]
+# (settings, plugins, listening fd, conf store path, ready fd) -> runs until stopped
+WorkerMain = Callable[[Settings, dict[str, Plugin], int, str, int], None]
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send us ``sig`` when our parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+
+
+class WorkerProc:
+    """What the master knows of one worker process."""
+
+    def __init__(self, pid: int, index: int, ready_fd: int, generation: int) -> None:
+        self.pid = pid
+        self.index = index
+        self.ready_fd = ready_fd  # readable (a byte or EOF) once the worker serves
+        self.generation = generation
+        self.started = time.monotonic()
+        self.ready = False
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: str,
+        load: PluginLoader,
+        serve_worker: WorkerMain,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self._load = load
+        self._serve_worker = serve_worker
+        self.plugins: dict[str, Plugin] = {}
+        self.workers: dict[int, WorkerProc] = {}
+        self.generation = 0
+        self._signals: list[int] = []
+        self._stopping = False
+        self._exit_code = 0
+        self._failures = 0
+        self._parent = os.getppid()
+        self._store_dir = ""
+        self._listener: Listener | None = None
+        self._wake_r, self._wake_w = -1, -1
+
+    # -- start and stop
+
+    def run(self) -> int:
+        self.plugins = self._load(self.settings)
+        self._store_dir = tempfile.mkdtemp(prefix="apisix-runner-")
+        try:
+            SqliteBackend.create(
+                self.store_path, self.settings.token_ttl, self.settings.conf_cache.max_entries
+            )
+            s = self.settings
+            self._listener = Listener(s.socket_path, s.socket.mode, s.socket.backlog)
+            self._listener.bind()
+            self._install_signals()
+            log.info("listening on %s with %d workers", s.socket_path, s.workers)
+            self._spawn_missing()
+            self._loop()
+        finally:
+            self._cleanup()
+        return self._exit_code
+
+    @property
+    def store_path(self) -> str:
+        return str(Path(self._store_dir, "confs.sqlite3"))
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in SIGNALS:
+            signal.signal(sig, self._enqueue)
+        set_parent_death_signal(signal.SIGTERM)
+
+    def _enqueue(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _cleanup(self) -> None:
+        self._kill_all(signal.SIGKILL)
+        self._reap()
+        if self._listener is not None:
+            self._listener.close()
+        if self._store_dir:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+
+    # -- the master loop
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._sleep(1.0)
+            while self._signals:
+                self._dispatch(self._signals.pop(0))
+            self._reap()
+            self._check_ready()
+            if os.getppid() != self._parent:
+                log.warning("the process that started the runner exited; stopping")
+                self.handle_term()
+            elif not self._stopping:
+                self._spawn_missing()
+
+    def _sleep(self, timeout: float) -> None:
+        fds = [self._wake_r, *(w.ready_fd for w in self.workers.values() if not w.ready)]
+        with contextlib.suppress(InterruptedError):
+            select.select(fds, [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name[3:].lower()
+        handler = getattr(self, f"handle_{name}", None)
+        if handler is not None:
+            handler()
+
+    def handle_chld(self) -> None:
+        pass  # reaping happens on every turn of the loop
+
+    def handle_term(self) -> None:
+        self._stopping = True
+        log.info("stopping")
+        self._kill_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
+
+    handle_int = handle_term
+
+    def handle_hup(self) -> None:
+        log.info("reloading %s and the plugins", self.config_path)
+        try:
+            settings = load_settings(self.config_path, workers=self.settings.workers)
+            plugins = self._load(settings)
+        except (SettingsError, PluginError) as exc:
+            log.error("reload failed, keeping the running workers: %s", exc)
+            return
+        self.settings, self.plugins = settings, plugins
+        self.generation += 1
+        self._replace_workers()
+
+    # -- workers
+
+    def _spawn_missing(self) -> None:
+        used = {w.index for w in self.workers.values() if w.generation == self.generation}
+        for index in range(self.settings.workers):
+            if index not in used:
+                self._spawn(index)
+
+    def _spawn(self, index: int) -> WorkerProc:
+        assert self._listener is not None and self._listener.sock is not None
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            os.close(ready_r)
+            self._become_worker(index, ready_w)
+        os.close(ready_w)
+        worker = WorkerProc(pid, index, ready_r, self.generation)
+        self.workers[pid] = worker
+        log.info("worker %d started (pid %d)", index, pid)
+        return worker
+
+    def _become_worker(self, index: int, ready_fd: int) -> None:
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            for other in self.workers.values():
+                os.close(other.ready_fd)
+            set_parent_death_signal(signal.SIGTERM)
+            assert self._listener is not None and self._listener.sock is not None
+            self._serve_worker(
+                self.settings, self.plugins, self._listener.sock.fileno(), self.store_path, ready_fd
+            )
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("worker %d crashed", index)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _check_ready(self) -> None:
+        for worker in self.workers.values():
+            if worker.ready:
+                continue
+            r, _, _ = select.select([worker.ready_fd], [], [], 0)
+            if r and os.read(worker.ready_fd, 1) == b"1":  # b"" would mean it died
+                worker.ready = True
+                self._failures = 0
+            elif time.monotonic() - worker.started > BOOT_TIMEOUT:
+                log.error("worker %d did not start within %.0f s", worker.index, BOOT_TIMEOUT)
+                os.kill(worker.pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                os.close(worker.ready_fd)
+                self._worker_exited(worker, status)
+
+    def _worker_exited(self, worker: WorkerProc, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        if self._stopping or worker.generation < self.generation:
+            return
+        if code == WORKER_BOOT_ERROR:
+            log.error("worker %d failed to boot; stopping the runner", worker.index)
+            self._exit_code = 3
+            self.handle_term()
+            return
+        log.error("worker %d (pid %d) exited with %d; replacing it", worker.index, worker.pid, code)
+        if time.monotonic() - worker.started < 1.0:
+            self._failures += 1
+            delay = min(0.1 * 2**self._failures, MAX_BACKOFF)
+            log.warning("worker keeps dying; waiting %.1f s before the next start", delay)
+            time.sleep(delay)
+
+    def _replace_workers(self) -> None:
+        old = [w for w in self.workers.values() if w.generation < self.generation]
+        for worker in old:
+            fresh = self._spawn(worker.index)
+            if not self._wait_ready(fresh):
+                log.error("reloaded worker %d did not start; keeping the old ones", worker.index)
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+
+    def _wait_ready(self, worker: WorkerProc) -> bool:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline and worker.pid in self.workers:
+            r, _, _ = select.select([worker.ready_fd], [], [], 0.05)
+            if r:
+                worker.ready = os.read(worker.ready_fd, 1) == b"1"
+                return worker.ready
+            self._reap()
+        return False
+
+    def _kill_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+            except OSError as exc:  # pragma: no cover - e.g. EPERM
+                if exc.errno != errno.ESRCH:
+                    raise
+
+
+def load_all(settings: Settings) -> dict[str, Plugin]:
+    from .server import plugin_dirs
+
+    return load_plugins(plugin_dirs(settings), settings.entry_points)
+
+
+def main(settings: Settings, config_path: str) -> int:
+    from .worker import serve_worker
+
+    sys.stdout.flush()  # nothing buffered may be written twice after fork
+    return Supervisor(settings, config_path, load_all, serve_worker).run()
