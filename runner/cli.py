@@ -43,3 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS
+    except OSError as exc:
+        print(f"apisix-runner: cannot listen on {settings.socket_path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
