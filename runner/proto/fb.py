@@ -129,15 +129,45 @@ class Table:
         return max(self._vector(fid, 4)[1], 0)
 
     def text_pairs(self, fid: int) -> TextPairs:
-        """A ``[TextEntry]`` vector as (name, value) pairs; value None = absent."""
+        """A ``[TextEntry]`` vector as (name, value) pairs; value None = absent.
+
+        Inlined table walking (no Table object per entry): headers and args
+        are the largest part of every request."""
         start, count = self._vector(fid, 4)
-        buf = self.buf
+        buf, size = self.buf, self.size
         out: TextPairs = []
-        for i in range(count):
-            slot = start + 4 * i
-            entry = Table(buf, slot + u32_at(buf, slot)[0])
-            out.append((entry.string(0) or "", entry.string(1)))
+        append = out.append
+        for slot in range(start, start + 4 * count, 4):
+            t = slot + u32_at(buf, slot)[0]
+            if t + 4 > size:
+                raise DecodeError("TextEntry outside the buffer")
+            vt = t - _i32_at(buf, t)[0]
+            if vt < 0 or vt + 4 > size:
+                raise DecodeError("TextEntry vtable outside the buffer")
+            vtlen = _u16_at(buf, vt)[0]
+            if vt + vtlen > size:
+                raise DecodeError("TextEntry vtable overruns the buffer")
+            name_off = _u16_at(buf, vt + 4)[0] if vtlen >= 6 else 0
+            value_off = _u16_at(buf, vt + 6)[0] if vtlen >= 8 else 0
+            append((_text(buf, size, t + name_off) if name_off else "",
+                    _text(buf, size, t + value_off) if value_off else None))  # fmt: skip
         return out
+
+
+def _text(buf: memoryview, size: int, field: int) -> str:
+    """The string a uoffset field at ``field`` points to."""
+    if field + 4 > size:
+        raise DecodeError("string offset outside the buffer")
+    s = field + u32_at(buf, field)[0]
+    if s + 4 > size:
+        raise DecodeError("string outside the buffer")
+    end = s + 4 + u32_at(buf, s)[0]
+    if end > size:
+        raise DecodeError("string overruns the buffer")
+    try:
+        return str(buf[s + 4 : end], "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"string is not UTF-8: {exc}") from None
 
 
 # --------------------------------------------------------------------------- writer
@@ -185,34 +215,48 @@ def begin_table(out: bytearray, vt: bytes, body: bytes) -> int:
 # TextEntry tables: name at +4, value at +8 (or only the name).
 _VT_NAME_VALUE = vtable(4, 8, table_size=12)
 _VT_NAME = vtable(4, table_size=8)
-_ZERO8 = b"\0" * 8
-_ZERO4 = b"\0" * 4
+_VTABLES = _VT_NAME_VALUE + _VT_NAME  # 16 bytes: both vtables, 4-aligned
+_ENTRY_NV = struct.Struct("<iIII").pack  # soffset, name off, value off, name length
+_ENTRY_N = struct.Struct("<iII").pack  # soffset, name off, name length
+_PADS = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by length % 4
 
 
 def write_text_vector(out: bytearray, pairs: Sequence[tuple[str, str | None]]) -> int:
     """Append a ``[TextEntry]`` vector with its entries; returns its position.
 
-    Both possible vtables are written once in front and shared by every entry,
-    as flatc's builder does with identical vtables.
+    Layout, computed in one pass (the hot path of every Rewrite)::
+
+        vtable(name, value) vtable(name) | count off[0..n) | entry 0 | entry 1 ...
+        entry = soffset, name off, [value off], name string, [value string]
+
+    Both vtables are written once and shared by every entry, as flatc does.
+    Each entry is one contiguous chunk, so its inner offsets are constants.
     """
     align4(out)
     vt_both = len(out)
-    out += _VT_NAME_VALUE
-    vt_name = len(out)
-    out += _VT_NAME
-    vec = len(out)
-    out += _pack_u32(len(pairs))
-    out += b"\0" * (4 * len(pairs))
-    for i, (name, value) in enumerate(pairs):
-        pos = len(out)
-        patch(out, vec + 4 + 4 * i, pos)
+    vt_name = vt_both + 8
+    count = len(pairs)
+    pos = vt_both + 16 + 4 + 4 * count  # first entry
+    slot = vt_both + 20
+    offsets = []
+    chunks = []
+    for name, value in pairs:
+        nb = name.encode()
+        ln = len(nb)
+        npad = _PADS[ln & 3]
+        offsets.append(pos - slot)
+        slot += 4
         if value is None:
-            out += _I32.pack(pos - vt_name)
-            out += _ZERO4
+            chunks += (_ENTRY_N(pos - vt_name, 4, ln), nb, npad)
+            pos += 12 + ln + len(npad)
         else:
-            out += _I32.pack(pos - vt_both)
-            out += _ZERO8
-        patch(out, pos + 4, write_bytes(out, name.encode(), nul=True))
-        if value is not None:
-            patch(out, pos + 8, write_bytes(out, value.encode(), nul=True))
-    return vec
+            vb = value.encode()
+            lv = len(vb)
+            vpad = _PADS[lv & 3]
+            pn = ln + len(npad)
+            chunks += (_ENTRY_NV(pos - vt_both, 8, 8 + pn, ln), nb, npad, _pack_u32(lv), vb, vpad)
+            pos += 20 + pn + lv + len(vpad)
+    out += _VTABLES
+    out += struct.pack(f"<{count + 1}I", count, *offsets)
+    out += b"".join(chunks)
+    return vt_both + 16
