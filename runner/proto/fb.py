@@ -238,8 +238,8 @@ def write_text_vector(out: bytearray, pairs: Sequence[tuple[str, str | None]]) -
     count = len(pairs)
     pos = vt_both + 16 + 4 + 4 * count  # first entry
     slot = vt_both + 20
-    offsets = []
-    chunks = []
+    offsets: list[int] = []
+    chunks: list[bytes] = []
     for name, value in pairs:
         nb = name.encode()
         ln = len(nb)
