@@ -59,7 +59,9 @@ class ServerState:
 
 
 class Connection(asyncio.BufferedProtocol):
-    __slots__ = ("_decoder", "_handlers", "_questions", "_state", "_store", "_task", "_transport")
+    __slots__ = (
+        "_decoder", "_handlers", "_questions", "_state", "_store", "_task", "_transport", "reads",
+    )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
@@ -68,6 +70,7 @@ class Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
         self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         self._handlers: dict[int, Callable[[memoryview], None]] = {
             RpcType.PREPARE_CONF: self._prepare_conf,
             RpcType.HTTP_REQ_CALL: self._req_call,
@@ -87,6 +90,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         decoder = self._decoder
         decoder.advance(nbytes)
+        self.reads += 1
         while (frame := decoder.next_frame()) is not None:
             rpc_type, payload = frame
             if self._task is not None:
@@ -221,6 +225,11 @@ class Connection(asyncio.BufferedProtocol):
         else:
             if not fut.done():
                 fut.set_result(result)
+
+    @property
+    def idle(self) -> bool:
+        """No call in flight and no partial frame: safe to close."""
+        return self._task is None and not self._decoder.pending()
 
     def close(self) -> None:
         if self._transport is not None:

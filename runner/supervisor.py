@@ -92,6 +92,7 @@ class Supervisor:
         self._stopping = False
         self._exit_code = 0
         self._failures = 0
+        self._respawn_at = 0.0  # no respawn before this monotonic time (backoff)
         self._parent = os.getppid()
         self._store_dir = ""
         self._listener: Listener | None = None
@@ -145,15 +146,18 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self._stopping:
-            self._sleep(1.0)
-            while self._signals:
+            wait = self._respawn_at - time.monotonic()
+            self._sleep(min(1.0, wait) if wait > 0 else 1.0)
+            while self._signals and not self._stopping:
                 self._dispatch(self._signals.pop(0))
             self._reap()
             self._check_ready()
+            if self._stopping:
+                break
             if os.getppid() != self._parent:
                 log.warning("the process that started the runner exited; stopping")
                 self.handle_term()
-            elif not self._stopping:
+            elif time.monotonic() >= self._respawn_at:
                 self._spawn_missing()
 
     def _sleep(self, timeout: float) -> None:
@@ -192,9 +196,7 @@ class Supervisor:
         except (SettingsError, PluginError) as exc:
             log.error("reload failed, keeping the running workers: %s", exc)
             return
-        self.settings, self.plugins = settings, plugins
-        self.generation += 1
-        self._replace_workers()
+        self._replace_workers(settings, plugins)
 
     # -- workers
 
@@ -202,22 +204,26 @@ class Supervisor:
         used = {w.index for w in self.workers.values() if w.generation == self.generation}
         for index in range(self.settings.workers):
             if index not in used:
-                self._spawn(index)
+                self._spawn(index, self.generation, self.settings, self.plugins)
 
-    def _spawn(self, index: int) -> WorkerProc:
+    def _spawn(
+        self, index: int, generation: int, settings: Settings, plugins: dict[str, Plugin]
+    ) -> WorkerProc:
         assert self._listener is not None and self._listener.sock is not None
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             os.close(ready_r)
-            self._become_worker(index, ready_w)
+            self._become_worker(index, ready_w, settings, plugins)
         os.close(ready_w)
-        worker = WorkerProc(pid, index, ready_r, self.generation)
+        worker = WorkerProc(pid, index, ready_r, generation)
         self.workers[pid] = worker
         log.info("worker %d started (pid %d)", index, pid)
         return worker
 
-    def _become_worker(self, index: int, ready_fd: int) -> None:
+    def _become_worker(
+        self, index: int, ready_fd: int, settings: Settings, plugins: dict[str, Plugin]
+    ) -> None:
         code = 0
         try:
             signal.set_wakeup_fd(-1)
@@ -230,7 +236,7 @@ class Supervisor:
             set_parent_death_signal(signal.SIGTERM)
             assert self._listener is not None and self._listener.sock is not None
             self._serve_worker(
-                self.settings, self.plugins, self._listener.sock.fileno(), self.store_path, ready_fd
+                settings, plugins, self._listener.sock.fileno(), self.store_path, ready_fd
             )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -268,29 +274,42 @@ class Supervisor:
 
     def _worker_exited(self, worker: WorkerProc, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        if self._stopping or worker.generation < self.generation:
-            return
+        if self._stopping or worker.generation != self.generation:
+            return  # a retired worker, or a reload's trial worker (handled there)
         if code == WORKER_BOOT_ERROR:
             log.error("worker %d failed to boot; stopping the runner", worker.index)
             self._exit_code = 3
             self.handle_term()
             return
         log.error("worker %d (pid %d) exited with %d; replacing it", worker.index, worker.pid, code)
-        if time.monotonic() - worker.started < 1.0:
+        if not worker.ready:
+            # Died before serving: back off, but keep listening to signals
+            # (the loop sleeps in select until then; SIGTERM still acts at once).
             self._failures += 1
             delay = min(0.1 * 2**self._failures, MAX_BACKOFF)
             log.warning("worker keeps dying; waiting %.1f s before the next start", delay)
-            time.sleep(delay)
+            self._respawn_at = time.monotonic() + delay
 
-    def _replace_workers(self) -> None:
-        old = [w for w in self.workers.values() if w.generation < self.generation]
-        for worker in old:
-            fresh = self._spawn(worker.index)
+    def _replace_workers(self, settings: Settings, plugins: dict[str, Plugin]) -> None:
+        """Start the new generation one worker at a time; commit to it only
+        once its first worker serves, else roll back and keep the old ones.
+        Old workers retire gracefully (SIGUSR2): they stop accepting and close
+        each connection once it is idle, so no call APISIX sent is lost."""
+        old = [w for w in self.workers.values() if w.generation == self.generation]
+        generation = self.generation + 1
+        for n, worker in enumerate(old):
+            fresh = self._spawn(worker.index, generation, settings, plugins)
             if not self._wait_ready(fresh):
-                log.error("reloaded worker %d did not start; keeping the old ones", worker.index)
-                return
+                log.error("reloaded worker %d did not start; keeping the old workers", fresh.index)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(fresh.pid, signal.SIGKILL)
+                if n == 0:
+                    return  # nothing committed yet: the old generation carries on
+            if n == 0:
+                self.settings, self.plugins, self.generation = settings, plugins, generation
             with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGTERM)
+                os.kill(worker.pid, signal.SIGUSR2)
+        log.info("reload done: generation %d", self.generation)
 
     def _wait_ready(self, worker: WorkerProc) -> bool:
         deadline = time.monotonic() + BOOT_TIMEOUT

@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 import uvloop
 
 from .confstore import Backend, ConfStore
-from .conn import ServerState, make_factory
+from .conn import Connection, ServerState, make_factory
 from .plugins import Plugin
 from .settings import Settings
 from .sharedstore import SqliteBackend
@@ -27,6 +28,11 @@ from .sharedstore import SqliteBackend
 log = logging.getLogger("runner.worker")
 
 WORKER_BOOT_ERROR = 4  # exit code: the supervisor stops instead of respawning
+
+# A retiring worker (after SIGHUP) closes a connection once it has been idle
+# this long, and gives up on the stragglers after RETIRE_SECONDS.
+IDLE_CLOSE = 0.1
+RETIRE_SECONDS = 30.0
 
 # APISIX SIGKILLs its runner 1 s after SIGTERM (PROTOCOL.md §6.9): in-flight
 # calls get this long to finish, the rest of the second is for exiting.
@@ -76,6 +82,8 @@ class Worker:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        retire = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR2, retire.set)
         try:
             await _run_hooks(self.plugins, "startup")
         except Exception:
@@ -85,9 +93,34 @@ class Worker:
         log.info("serving on %s", self.settings.socket_path)
         self._signal_ready()
         try:
-            await self._stop.wait()
+            await _first(self._stop.wait(), retire.wait())
+            if retire.is_set() and not self._stop.is_set():
+                await self._retire(server)
         finally:
             await self._shutdown(server)
+
+    async def _retire(self, server: asyncio.Server) -> None:
+        """Stop accepting, then close each connection once it has been idle
+        for IDLE_CLOSE: APISIX has no call on it then, and drops the closed
+        connection from its pool. Busy connections keep being served."""
+        assert self._stop is not None
+        server.close()
+        log.info("retiring: no new connections; closing idle ones")
+        deadline = asyncio.get_running_loop().time() + RETIRE_SECONDS
+        seen: dict[Connection, int] = {}
+        while self.state.connections and not self._stop.is_set():
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "%d connections still busy after %.0f s",
+                    len(self.state.connections),
+                    RETIRE_SECONDS,
+                )
+                break
+            for conn in list(self.state.connections):
+                if conn.idle and seen.get(conn) == conn.reads:
+                    conn.close()
+                seen[conn] = conn.reads
+            await asyncio.sleep(IDLE_CLOSE)
 
     def _signal_ready(self) -> None:
         # One byte to the supervisor: this worker accepts connections now.
@@ -110,6 +143,13 @@ class Worker:
             conn.close()
         await _run_hooks(self.plugins, "shutdown")
         log.info("worker stopped")
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
 
 
 def serve_worker(
