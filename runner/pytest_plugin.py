@@ -110,7 +110,21 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _accepts(path: str) -> bool:
+def runner_env(sock: str, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment APISIX gives its runner, plus ``extra_env`` (None removes)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
+    env["APISIX_LISTEN_ADDRESS"] = f"unix:{sock}"
+    env["APISIX_CONF_EXPIRE_TIME"] = "3600"
+    for key, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def accepts(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
             s.connect(path)
@@ -158,15 +172,7 @@ def runner_factory(tmp_path: Path) -> Iterator[RunnerFactory]:
         tmp_dir = tempfile.mkdtemp(prefix="ar-", dir="/tmp")
         sock = os.path.join(tmp_dir, "r.sock")
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
-        env["APISIX_LISTEN_ADDRESS"] = f"unix:{sock}"
-        env["APISIX_CONF_EXPIRE_TIME"] = "3600"
-        for key, value in (extra_env or {}).items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
+        env = runner_env(sock, extra_env)
 
         argv = [sys.executable, "-m", "runner", "start", "--config", str(cfg_path)]
         argv += ["--workers", str(workers), "--foreground"]
@@ -183,7 +189,7 @@ def runner_factory(tmp_path: Path) -> Iterator[RunnerFactory]:
         started.append(running)
 
         deadline = time.monotonic() + _START_DEADLINE_S
-        while not _accepts(sock):
+        while not accepts(sock):
             if proc.poll() is not None:
                 running.stop()
                 pytest.fail(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,9 @@ from runner._a6.A6.ExtraInfo import Resp as ExtraInfoResp
 from runner._a6.A6.HTTPReqCall import Resp as ReqCallResp
 from runner._a6.A6.HTTPReqCall.Action import Action
 from runner._a6.A6.HTTPReqCall.Stop import Stop as StopTable
-from runner.pytest_plugin import RunningRunner
+from runner.pytest_plugin import RunningRunner, accepts, runner_env
 
 PLUGINS_DIR = str(Path(__file__).resolve().parent / "plugins_fixture")
-SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 START_DEADLINE_S = 15.0
 # Every scenario runs under this bound, so a hung runner fails a test, not the suite.
 SCENARIO_TIMEOUT_S = 30.0
@@ -50,20 +48,6 @@ def arun(coro: Coroutine[Any, Any, _T], timeout: float = SCENARIO_TIMEOUT_S) -> 
     return asyncio.run(bounded())
 
 
-def runner_env(sock: str, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
-    """The environment APISIX gives its runner, plus ``extra_env`` (None removes)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCE_ROOT, env.get("PYTHONPATH")) if p)
-    env["APISIX_LISTEN_ADDRESS"] = f"unix:{sock}"
-    env["APISIX_CONF_EXPIRE_TIME"] = "3600"
-    for key, value in (extra_env or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
 def write_config(directory: Path, config: dict[str, Any] | None, plugins_dir: str | None) -> Path:
     cfg = dict(config or {})
     if plugins_dir is not None:
@@ -71,15 +55,6 @@ def write_config(directory: Path, config: dict[str, Any] | None, plugins_dir: st
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def accepts(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        return True
 
 
 def start_runner(
