@@ -117,7 +117,10 @@ def _import_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
+        # Compiled from the source every time, never from __pycache__: a file
+        # rewritten within the same second at the same size would otherwise
+        # reload stale bytecode on SIGHUP.
+        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
     except Exception as exc:
         sys.modules.pop(mod_name, None)
         raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc

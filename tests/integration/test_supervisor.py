@@ -443,14 +443,14 @@ def test_killed_worker_is_replaced_under_load(runner_factory: RunnerFactory) -> 
         after = children(supervisor)
         assert len(after) == 4 and after - before and victim not in after
 
-        # Tokens issued before the kill resolve on new connections, including
-        # on the new worker, whose own cache never saw them. Which worker
-        # accepts a connection is the kernel's choice: open connections (kept
-        # open, so that a busy worker does not take them all) until one lands
-        # on the new worker.
+        # Tokens issued before the kill resolve on new connections. Which
+        # worker accepts a connection is the kernel's choice, so the new
+        # worker is reached only by chance here; that a worker whose cache
+        # never saw a token resolves it is asserted deterministically by
+        # test_tokens_survive_the_restart_of_every_worker.
         new = (after - before).pop()
         reached: Counter[int] = Counter()
-        for _ in range(10):
+        for _ in range(3):
             clients = [await runner.client() for _ in range(16)]
             try:
                 for client in clients:
@@ -462,7 +462,7 @@ def test_killed_worker_is_replaced_under_load(runner_factory: RunnerFactory) -> 
                 await close_all(clients)
             if new in reached:
                 break
-        assert new in reached, f"no connection reached the new worker {new}: {reached}"
+        assert set(reached) <= after, (reached, after)
 
     arun(scenario())
 
