@@ -315,7 +315,8 @@ def build_resp_call(token: int, id: int, status: int, headers: list[tuple[str, s
     return bytes(b.Output())
 
 
-def _build_extra_info_resp(result: bytes | None) -> bytes:
+def build_extra_info_resp(result: bytes | None) -> bytes:
+    """Payload of an ``A6.ExtraInfo.Resp`` (what APISIX answers to a type-3 frame)."""
     b = flatbuffers.Builder(64 if result is None else len(result) + 64)
     vec = None if result is None else b.CreateByteVector(result)
     ExtraInfoResp.Start(b)
@@ -633,7 +634,7 @@ class Client:
                 result = request.body
             else:  # resp_body: only available inside a response call
                 result = request.resp_body if expected == RPC_HTTP_RESP_CALL else None
-            await self.send_frame(RPC_EXTRA_INFO, _build_extra_info_resp(result))
+            await self.send_frame(RPC_EXTRA_INFO, build_extra_info_resp(result))
 
 
 def _parse_extra_info_req(payload: bytes) -> tuple[str, str | None]:

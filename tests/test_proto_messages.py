@@ -138,8 +138,8 @@ def test_extra_info_requests() -> None:
 
 
 def test_extra_info_resp() -> None:
-    assert ExtraInfoResp(memoryview(testing._build_extra_info_resp(b"\0\1"))).result == b"\0\1"
-    assert ExtraInfoResp(memoryview(testing._build_extra_info_resp(None))).result is None
+    assert ExtraInfoResp(memoryview(testing.build_extra_info_resp(b"\0\1"))).result == b"\0\1"
+    assert ExtraInfoResp(memoryview(testing.build_extra_info_resp(None))).result is None
 
 
 def test_err_and_prepare_replies() -> None:

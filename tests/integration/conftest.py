@@ -20,12 +20,10 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import flatbuffers
 import pytest
 import yaml
 
 from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.ExtraInfo import Resp as ExtraInfoResp
 from runner._a6.A6.HTTPReqCall import Resp as ReqCallResp
 from runner._a6.A6.HTTPReqCall.Action import Action
 from runner._a6.A6.HTTPReqCall.Stop import Stop as StopTable
@@ -122,17 +120,6 @@ def err_code(payload: bytes) -> int:
     """The code of an ``A6.Err.Resp`` payload (type-0 frame)."""
     assert payload, "empty RPC_ERROR payload"
     return int(ErrResp.Resp.GetRootAs(payload, 0).Code())
-
-
-def extra_info_resp(result: bytes | None) -> bytes:
-    """Payload of an ``A6.ExtraInfo.Resp`` (what APISIX answers to type 3)."""
-    b = flatbuffers.Builder(64 if result is None else len(result) + 64)
-    vec = None if result is None else b.CreateByteVector(result)
-    ExtraInfoResp.Start(b)
-    if vec is not None:
-        ExtraInfoResp.AddResult(b, vec)
-    b.Finish(ExtraInfoResp.End(b))
-    return bytes(b.Output())
 
 
 def stop_of_final(payload: bytes) -> tuple[int, int, bytes]:

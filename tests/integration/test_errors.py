@@ -21,12 +21,12 @@ from runner.testing import (
     Stop,
     build_req_call,
 )
+from runner.testing import build_extra_info_resp as extra_info_resp
 
 from .conftest import (
     PLUGINS_DIR,
     arun,
     err_code,
-    extra_info_resp,
     stop_of_final,
     wait_for_log,
 )

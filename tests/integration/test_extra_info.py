@@ -19,8 +19,9 @@ from runner.testing import (
     Stop,
     build_req_call,
 )
+from runner.testing import build_extra_info_resp as extra_info_resp
 
-from .conftest import arun, extra_info_resp, stop_of_final
+from .conftest import arun, stop_of_final
 
 ALL_BYTES = bytes(range(256))
 
