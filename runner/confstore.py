@@ -19,7 +19,6 @@ and APISIX may still hold (it would run another route's plugins).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -59,55 +58,6 @@ class Backend(Protocol):
 
     def touch(self, token: int) -> None:
         """Renew a token's lifetime."""
-
-
-class LocalBackend:
-    """A backend in this process's memory (one worker). Bounded by
-    ``max_entries``; entries unused for ``ttl`` seconds are dropped."""
-
-    def __init__(
-        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._ttl = ttl
-        self._max = max_entries
-        self._clock = clock
-        self._by_token: OrderedDict[int, tuple[str, RawConf, float]] = OrderedDict()
-        self._by_key: dict[tuple[str, RawConf], int] = {}
-        self._next = random.randrange(1, 1 << 31)
-
-    def _new_token(self) -> int:
-        token = self._next
-        self._next = token + 1 if token < 0xFFFFFFFF else 1  # 0 means "absent"
-        return token
-
-    def issue(self, key: str, conf: RawConf) -> int:
-        token = self._by_key.get((key, conf))
-        if token is not None and self.lookup(token) is not None:
-            return token
-        token = self._new_token()
-        self._by_token[token] = (key, conf, self._clock())
-        self._by_key[(key, conf)] = token
-        while len(self._by_token) > self._max:
-            _, (old_key, old_conf, _) = self._by_token.popitem(last=False)
-            self._by_key.pop((old_key, old_conf), None)
-        return token
-
-    def lookup(self, token: int) -> tuple[str, RawConf] | None:
-        entry = self._by_token.get(token)
-        if entry is None:
-            return None
-        key, conf, atime = entry
-        if self._clock() - atime > self._ttl:
-            del self._by_token[token]
-            self._by_key.pop((key, conf), None)
-            return None
-        return key, conf
-
-    def touch(self, token: int) -> None:
-        entry = self._by_token.get(token)
-        if entry is not None:
-            self._by_token[token] = (entry[0], entry[1], self._clock())
-            self._by_token.move_to_end(token)
 
 
 def build_chain(plugins: Mapping[str, Plugin], key: str, conf: Sequence[tuple[str, str]]) -> Chain:
