@@ -14,8 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Coroutine, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import uvloop
 
@@ -73,6 +72,7 @@ class Worker:
         self.state = ServerState(store, settings.call_timeout)
         self._ready_fd = ready_fd
         self._stop: asyncio.Event | None = None
+        self._retiring: asyncio.Future[None] | None = None
 
     def run(self) -> None:
         uvloop.run(self._main())
@@ -82,8 +82,6 @@ class Worker:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        retire = asyncio.Event()
-        loop.add_signal_handler(signal.SIGUSR2, retire.set)
         try:
             await _run_hooks(self.plugins, "startup")
         except Exception:
@@ -92,12 +90,15 @@ class Worker:
         server = await loop.create_unix_server(make_factory(self.state), sock=self.sock)
         log.info("serving on %s", self.settings.socket_path)
         self._signal_ready()
+        loop.add_signal_handler(signal.SIGUSR2, self._start_retiring, server)
         try:
-            await _first(self._stop.wait(), retire.wait())
-            if retire.is_set() and not self._stop.is_set():
-                await self._retire(server)
+            await self._stop.wait()
         finally:
             await self._shutdown(server)
+
+    def _start_retiring(self, server: asyncio.Server) -> None:
+        if self._retiring is None:
+            self._retiring = asyncio.ensure_future(self._retire(server))
 
     async def _retire(self, server: asyncio.Server) -> None:
         """Stop accepting, then close each connection once it has been idle
@@ -121,6 +122,7 @@ class Worker:
                     conn.close()
                 seen[conn] = conn.reads
             await asyncio.sleep(IDLE_CLOSE)
+        self._stop.set()  # then the usual shutdown: drain and close the rest
 
     def _signal_ready(self) -> None:
         # One byte to the supervisor: this worker accepts connections now.
@@ -143,13 +145,6 @@ class Worker:
             conn.close()
         await _run_hooks(self.plugins, "shutdown")
         log.info("worker stopped")
-
-
-async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
 
 
 def serve_worker(
