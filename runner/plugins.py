@@ -18,7 +18,7 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -83,6 +83,22 @@ class Plugin:
         def filter(self, conf: Any, request: Request, response: Response) -> Any: ...
 
         def response_filter(self, conf: Any, response: UpstreamResponse) -> Any: ...
+
+
+async def run_hooks(plugins: Mapping[str, Plugin], hook: str) -> None:
+    """Run every plugin's ``startup`` or ``shutdown`` (sync or async) once.
+
+    A failing startup is fatal (the worker cannot serve those plugins); a
+    failing shutdown is logged and the others still run."""
+    for name, plugin in plugins.items():
+        try:
+            result = getattr(plugin, hook)()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if hook == "startup":
+                raise
+            log.exception("plugin %r: %s failed", name, hook)
 
 
 def has_filter(plugin: Plugin) -> bool:

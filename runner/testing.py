@@ -39,7 +39,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import flatbuffers
 
@@ -60,6 +60,9 @@ from runner._a6.A6.Method import Method
 from runner._a6.A6.PrepareConf import Req as PrepareConfReq
 from runner._a6.A6.PrepareConf import Resp as PrepareConfResp
 
+if TYPE_CHECKING:
+    from .plugintest import PluginTester
+
 __all__ = [
     "MAX_PAYLOAD",
     "METHODS",
@@ -70,6 +73,7 @@ __all__ = [
     "RPC_PREPARE_CONF",
     "Client",
     "HTTPRequest",
+    "PluginTester",
     "ProtocolError",
     "ReqCallResult",
     "RespCallResult",
@@ -81,6 +85,8 @@ __all__ = [
     "build_req_call",
     "build_resp_call",
     "encode_frame",
+    "parse_req_call_resp",
+    "parse_resp_call_resp",
 ]
 
 # RPC type numbers (first byte of every frame).
@@ -379,7 +385,7 @@ def _parse_rewrite(tab: Any) -> Rewrite:
     )
 
 
-def _parse_req_call_resp(payload: bytes, extra: Entries) -> ReqCallResult:
+def parse_req_call_resp(payload: bytes, extra: Entries) -> ReqCallResult:
     resp = ReqCallResp.Resp.GetRootAs(payload, 0)
     action_type = int(resp.ActionType())
     action: Stop | Rewrite | None = None
@@ -396,7 +402,7 @@ def _parse_req_call_resp(payload: bytes, extra: Entries) -> ReqCallResult:
     return ReqCallResult(id=int(resp.Id()), action=action, extra_info=extra)
 
 
-def _parse_resp_call_resp(payload: bytes, extra: Entries) -> RespCallResult:
+def parse_resp_call_resp(payload: bytes, extra: Entries) -> RespCallResult:
     resp = RespCallResp.Resp.GetRootAs(payload, 0)
     return RespCallResult(
         id=int(resp.Id()),
@@ -575,7 +581,7 @@ class Client:
         async with self._lock:
             await self.send_frame(RPC_HTTP_REQ_CALL, build_req_call(token, request))
             payload, extra = await self._await_final(RPC_HTTP_REQ_CALL, request)
-            return self._parse(lambda p: _parse_req_call_resp(p, extra), payload)
+            return self._parse(lambda p: parse_req_call_resp(p, extra), payload)
 
     async def resp_call(
         self,
@@ -593,7 +599,7 @@ class Client:
         async with self._lock:
             await self.send_frame(RPC_HTTP_RESP_CALL, build_resp_call(token, id, status, headers))
             payload, extra = await self._await_final(RPC_HTTP_RESP_CALL, req)
-            return self._parse(lambda p: _parse_resp_call_resp(p, extra), payload)
+            return self._parse(lambda p: parse_resp_call_resp(p, extra), payload)
 
     # ---- internals
 
@@ -653,3 +659,13 @@ def _parse_extra_info_req(payload: bytes) -> tuple[str, str | None]:
         return "resp_body", None
     # APISIX: "unsupported info type", closes the connection, request gets 503.
     raise ProtocolError(f"unsupported info type {info_type}")
+
+
+def __getattr__(name: str) -> Any:
+    # The unit-level kit lives in runner.plugintest (it runs the runner's own
+    # dispatcher); exported here lazily so both levels come from one module.
+    if name == "PluginTester":
+        from .plugintest import PluginTester
+
+        return PluginTester
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ import uvloop
 
 from .confstore import Backend, ConfStore
 from .conn import Connection, ServerState, make_factory
-from .plugins import Plugin
+from .plugins import Plugin, run_hooks
 from .settings import Settings
 from .sharedstore import SqliteBackend
 
@@ -36,21 +35,6 @@ RETIRE_SECONDS = 30.0
 # APISIX SIGKILLs its runner 1 s after SIGTERM (PROTOCOL.md §6.9): in-flight
 # calls get this long to finish, the rest of the second is for exiting.
 DRAIN_SECONDS = 0.7
-
-
-async def _maybe_await(value: object) -> None:
-    if inspect.isawaitable(value):
-        await value
-
-
-async def _run_hooks(plugins: Mapping[str, Plugin], hook: str) -> None:
-    for name, plugin in plugins.items():
-        try:
-            await _maybe_await(getattr(plugin, hook)())
-        except Exception:
-            if hook == "startup":
-                raise
-            log.exception("plugin %r: %s failed", name, hook)
 
 
 class Worker:
@@ -83,7 +67,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         try:
-            await _run_hooks(self.plugins, "startup")
+            await run_hooks(self.plugins, "startup")
         except Exception:
             log.exception("a plugin's startup() failed")
             raise SystemExit(WORKER_BOOT_ERROR) from None
@@ -143,7 +127,7 @@ class Worker:
                 log.warning("%d calls still running at shutdown; cancelled", state.busy)
         for conn in list(state.connections):
             conn.close()
-        await _run_hooks(self.plugins, "shutdown")
+        await run_hooks(self.plugins, "shutdown")
         log.info("worker stopped")
 
 
