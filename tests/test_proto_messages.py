@@ -73,7 +73,7 @@ def test_resp_call_view() -> None:
 
 def parse_req_reply(frame: bytes | bytearray) -> testing.ReqCallResult:
     assert frame[0] == 2 and int.from_bytes(frame[1:4], "big") == len(frame) - 4
-    return testing._parse_req_call_resp(bytes(frame[4:]), [])
+    return testing.parse_req_call_resp(bytes(frame[4:]), [])
 
 
 def test_stop_reply() -> None:
@@ -118,7 +118,7 @@ def test_rewrite_reply_with_everything() -> None:
 def test_resp_call_reply(body: bytes | None) -> None:
     frame = build_resp_call_resp(3, 304, [("A", "1"), ("A", "2")], body)
     assert frame[0] == 4
-    result = testing._parse_resp_call_resp(bytes(frame[4:]), [])
+    result = testing.parse_resp_call_resp(bytes(frame[4:]), [])
     assert (result.id, result.status, result.headers, result.body) == (
         3, 304, [("A", "1"), ("A", "2")], body
     )  # fmt: skip
