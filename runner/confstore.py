@@ -24,7 +24,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from .metrics import PluginStats, WorkerMetrics
 from .plugins import ConfError, Plugin, has_filter, has_response_filter, is_async
+from .policy import PluginOptions, in_thread
 
 log = logging.getLogger("runner.confstore")
 
@@ -38,6 +40,9 @@ class Step(NamedTuple):
     conf: Any
     name: str
     is_async: bool
+    stats: PluginStats | None = None  # this worker's metrics of the plugin
+    fail_open: bool = False  # skip the plugin (log + metric) when it fails
+    timeout: float | None = None  # its own deadline (async plugins)
 
 
 class Chain(NamedTuple):
@@ -60,8 +65,30 @@ class Backend(Protocol):
         """Renew a token's lifetime."""
 
 
-def build_chain(plugins: Mapping[str, Plugin], key: str, conf: Sequence[tuple[str, str]]) -> Chain:
+def _step(
+    fn: Callable[..., Any],
+    parsed: Any,
+    name: str,
+    options: PluginOptions | None,
+    metrics: WorkerMetrics | None,
+) -> Step:
+    if options is not None and options.blocking and not is_async(fn):
+        fn = in_thread(fn)  # a blocking def may not freeze the event loop
+    stats = metrics.plugin(name) if metrics is not None else None
+    if options is None:
+        return Step(fn, parsed, name, is_async(fn), stats)
+    return Step(fn, parsed, name, is_async(fn), stats, options.fail_open, options.timeout)
+
+
+def build_chain(
+    plugins: Mapping[str, Plugin],
+    key: str,
+    conf: Sequence[tuple[str, str]],
+    options: Mapping[str, PluginOptions] | None = None,
+    metrics: WorkerMetrics | None = None,
+) -> Chain:
     """Decode every plugin config of a route, in order. Duplicates are kept."""
+    options = options or {}
     req: list[Step] = []
     resp: list[Step] = []
     for index, (name, raw) in enumerate(conf):
@@ -75,12 +102,11 @@ def build_chain(plugins: Mapping[str, Plugin], key: str, conf: Sequence[tuple[st
             raise ConfError(f"conf[{index}] plugin {name!r}: {exc}") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfError(f"conf[{index}] plugin {name!r}: {exc!r}") from None
+        opts = options.get(name) or PluginOptions.of(plugin)
         if has_filter(plugin):
-            req_fn = plugin.filter
-            req.append(Step(req_fn, parsed, name, is_async(req_fn)))
+            req.append(_step(plugin.filter, parsed, name, opts, metrics))
         if has_response_filter(plugin):
-            resp_fn = plugin.response_filter
-            resp.append(Step(resp_fn, parsed, name, is_async(resp_fn)))
+            resp.append(_step(plugin.response_filter, parsed, name, opts, metrics))
     return Chain(
         key, tuple(req), tuple(resp), any(s.is_async for s in req), any(s.is_async for s in resp)
     )
@@ -96,8 +122,12 @@ class ConfStore:
         cache_size: int = 4096,
         touch_every: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        options: Mapping[str, PluginOptions] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._plugins = plugins
+        self._options = options
+        self.metrics = metrics
         self._backend = backend
         self._size = cache_size
         self._clock = clock
@@ -107,7 +137,7 @@ class ConfStore:
 
     def prepare(self, key: str, conf: Sequence[tuple[str, str]]) -> int:
         """Parse a route's configs (raising ConfError) and return its token."""
-        chain = build_chain(self._plugins, key, conf)
+        chain = self._build(key, conf)
         token = self._backend.issue(key, tuple(conf))
         self._remember(token, chain)
         return token
@@ -116,7 +146,11 @@ class ConfStore:
         """The chain of a live token, or None (answer CONF_TOKEN_NOT_FOUND)."""
         entry = self._lru.get(token)
         if entry is None:
+            if self.metrics is not None:
+                self.metrics.conf_misses += 1
             return self._load(token)
+        if self.metrics is not None:
+            self.metrics.conf_hits += 1
         now = self._clock()
         if now - entry[1] > self._touch_every:
             # Tell the backend at most once a minute per token, not per call.
@@ -134,13 +168,16 @@ class ConfStore:
             return None
         key, conf = found
         try:
-            chain = build_chain(self._plugins, key, conf)
+            chain = self._build(key, conf)
         except ConfError:
             log.exception("token %d (route key %s) no longer parses", token, key)
             return None
         self._backend.touch(token)
         self._remember(token, chain)
         return chain
+
+    def _build(self, key: str, conf: Sequence[tuple[str, str]]) -> Chain:
+        return build_chain(self._plugins, key, conf, self._options, self.metrics)
 
     def _remember(self, token: int, chain: Chain) -> None:
         self._lru[token] = (chain, self._clock())

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any, cast
 
 from . import dispatch
@@ -40,16 +41,31 @@ from .proto import (
 
 log = logging.getLogger("runner.conn")
 
+# RPC names in metrics.
+PREPARE_CONF = "prepare_conf"
+REQ_CALL = "http_req_call"
+RESP_CALL = "http_resp_call"
+
 
 class ServerState:
     """What all connections of a worker share."""
 
     def __init__(self, store: ConfStore, call_timeout: float) -> None:
         self.store = store
+        self.metrics = store.metrics
         self.call_timeout = call_timeout
         self.connections: set[Connection] = set()
+        # Inline (sync) calls started, and whether one runs now: the watchdog
+        # thread reads them to find a plugin that blocks the event loop.
+        self.inline_calls = 0
+        self.inline = False
+        self.async_calls = 0
         self.busy = 0  # connections with a call in flight
         self.idle_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def calls(self) -> int:
+        return self.inline_calls + self.async_calls
 
     def call_done(self) -> None:
         self.busy -= 1
@@ -60,12 +76,14 @@ class ServerState:
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_decoder", "_handlers", "_questions", "_state", "_store", "_task", "_transport", "reads",
+        "_decoder", "_handlers", "_metrics", "_questions", "_state", "_store", "_task",
+        "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
         self._state = state
         self._store = state.store
+        self._metrics = state.metrics
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -83,6 +101,8 @@ class Connection(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses; same API.
         self._transport = cast(asyncio.Transport, transport)
         self._state.connections.add(self)
+        if self._metrics is not None:
+            self._metrics.connections += 1
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
@@ -98,7 +118,7 @@ class Connection(asyncio.BufferedProtocol):
                 continue
             handler = self._handlers.get(rpc_type)
             if handler is None:
-                log.warning("unexpected frame type %d; answering BAD_REQUEST", rpc_type)
+                self._malformed("frame", ValueError(f"unknown frame type {rpc_type}"))
                 self._write(dispatch.ERR_BAD_REQUEST)
             else:
                 handler(payload)
@@ -110,6 +130,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.connections.discard(self)
+        if self._metrics is not None:
+            self._metrics.connections -= 1
         self._transport = None
         if self._task is not None:
             self._task.cancel()
@@ -124,63 +146,93 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.write(frame)
 
+    def _reply(self, rpc: str, frame: bytes | bytearray, t0: float) -> None:
+        """Write a call's final frame; with metrics on, count it by outcome."""
+        if self._transport is not None:
+            self._transport.write(frame)
+        metrics = self._metrics
+        if metrics is not None:
+            outcome = dispatch.OUTCOMES.get(id(frame), "ok")
+            metrics.count_rpc(rpc, outcome, perf_counter() - t0)
+
+    def _malformed(self, what: str, exc: Exception) -> None:
+        log.warning("%s: malformed request: %s", what, exc)
+        if self._metrics is not None:
+            self._metrics.malformed += 1
+
+    def _not_found(self) -> bytes:
+        if self._metrics is not None:
+            self._metrics.conf_not_found += 1
+        return dispatch.ERR_TOKEN_NOT_FOUND
+
     def _prepare_conf(self, payload: memoryview) -> None:
+        t0 = perf_counter()
         key = "?"
         try:
             req = PrepareConfReq(payload)
             key = req.key
             token = self._store.prepare(key, req.conf)
         except DecodeError as exc:
-            log.warning("PrepareConf: malformed request: %s", exc)
-            self._write(dispatch.ERR_BAD_REQUEST)
+            self._malformed("PrepareConf", exc)
+            frame: bytes | bytearray = dispatch.ERR_BAD_REQUEST
         except ConfError as exc:
             # APISIX answers 503 for this route; the log names key, plugin and field.
             log.error("PrepareConf for route key %s rejected: %s", key, exc)
-            self._write(dispatch.ERR_BAD_REQUEST)
+            frame = dispatch.ERR_BAD_REQUEST
         else:
-            self._write(build_prepare_conf_resp(token))
+            frame = build_prepare_conf_resp(token)
+        self._reply(PREPARE_CONF, frame, t0)
 
     def _req_call(self, payload: memoryview) -> None:
+        t0 = perf_counter() if self._metrics is not None else 0.0
         try:
             view = ReqCallView(payload)
         except DecodeError as exc:
-            log.warning("HTTPReqCall: malformed request: %s", exc)
-            self._write(dispatch.ERR_BAD_REQUEST)
+            self._malformed("HTTPReqCall", exc)
+            self._reply(REQ_CALL, dispatch.ERR_BAD_REQUEST, t0)
             return
         chain = self._store.get(view.conf_token)
         if chain is None:
-            self._write(dispatch.ERR_TOKEN_NOT_FOUND)
+            self._reply(REQ_CALL, self._not_found(), t0)
         elif chain.req_async:
             view = ReqCallView(self._decoder.keep(payload))
-            self._start(dispatch.run_req_async(chain, view, self._ask), view.id)
+            self._start(dispatch.run_req_async(chain, view, self._ask), view.id, REQ_CALL, t0)
         else:
+            state = self._state
+            state.inline_calls += 1  # the watchdog tells a stuck call by these two
+            state.inline = True
             try:
                 frame = dispatch.run_req_sync(chain, view, self._ask)
             except Exception as exc:
                 frame = dispatch.failure_frame(exc, f"request {view.id}")
-            self._write(frame)
+            state.inline = False
+            self._reply(REQ_CALL, frame, t0)
 
     def _resp_call(self, payload: memoryview) -> None:
+        t0 = perf_counter() if self._metrics is not None else 0.0
         try:
             view = RespCallView(self._decoder.keep(payload))
             view.validate()
         except DecodeError as exc:
-            log.warning("HTTPRespCall: malformed request: %s", exc)
-            self._write(dispatch.ERR_BAD_REQUEST)
+            self._malformed("HTTPRespCall", exc)
+            self._reply(RESP_CALL, dispatch.ERR_BAD_REQUEST, t0)
             return
         chain = self._store.get(view.conf_token)
         if chain is None:
-            self._write(dispatch.ERR_TOKEN_NOT_FOUND)
+            self._reply(RESP_CALL, self._not_found(), t0)
         else:
-            self._start(dispatch.run_resp(chain, view, self._ask), view.id)
+            self._start(dispatch.run_resp(chain, view, self._ask), view.id, RESP_CALL, t0)
 
     # -- async calls and ExtraInfo
 
-    def _start(self, work: Awaitable[bytes | bytearray], req_id: int) -> None:
+    def _start(self, work: Awaitable[bytes | bytearray], req_id: int, rpc: str, t0: float) -> None:
         self._state.busy += 1
-        self._task = asyncio.ensure_future(self._finish(work, req_id))
+        self._state.async_calls += 1
+        self._task = asyncio.ensure_future(self._finish(work, req_id, rpc, t0))
 
-    async def _finish(self, work: Awaitable[bytes | bytearray], req_id: int) -> None:
+    async def _finish(
+        self, work: Awaitable[bytes | bytearray], req_id: int, rpc: str, t0: float
+    ) -> None:
         try:
             async with asyncio.timeout(self._state.call_timeout):
                 frame: bytes | bytearray = await work
@@ -198,7 +250,7 @@ class Connection(asyncio.BufferedProtocol):
         self._task = None
         self._questions.clear()
         self._state.call_done()
-        self._write(frame)
+        self._reply(rpc, frame, t0)
 
     def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
         """Send an ExtraInfo request; the future resolves with APISIX's answer.
@@ -207,6 +259,8 @@ class Connection(asyncio.BufferedProtocol):
             raise RuntimeError("request.var() and request.body() need an `async def filter`")
         fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._questions.append(fut)
+        if self._metrics is not None:
+            self._metrics.count_extra_info(info_type)
         self._write(build_extra_info(info_type, name))
         return fut
 

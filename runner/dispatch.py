@@ -8,7 +8,9 @@ its traceback and name), a malformed request BAD_REQUEST.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
 from .confstore import Chain, Step
@@ -33,6 +35,12 @@ Frame = bytes | bytearray
 ERR_BAD_REQUEST = build_err(ErrCode.BAD_REQUEST)
 ERR_UNAVAILABLE = build_err(ErrCode.SERVICE_UNAVAILABLE)
 ERR_TOKEN_NOT_FOUND = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
+# Metrics outcome of a call, by the identity of its (shared) error frame.
+OUTCOMES = {
+    id(ERR_BAD_REQUEST): "bad_request",
+    id(ERR_UNAVAILABLE): "service_unavailable",
+    id(ERR_TOKEN_NOT_FOUND): "conf_token_not_found",
+}
 
 # Hop-by-hop headers never go back in a post-resp header set (RFC 9110 §7.6.1);
 # APISIX would copy them onto the client response as if end-to-end.
@@ -43,11 +51,17 @@ _HOP_BY_HOP = frozenset(
 
 
 class PluginFailed(Exception):
-    """A plugin raised; carries its name for the log line."""
+    """A plugin raised or missed its deadline; carries its name for the log line."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, outcome: str = "error") -> None:
         super().__init__(name)
         self.plugin = name
+        self.outcome = outcome
+
+
+class PluginTimeout(Exception):
+    """Raised inside a plain ``def`` plugin that blocked the event loop past
+    the call deadline (see runner.watchdog)."""
 
 
 def req_reply(request: Request, response: Response) -> Frame:
@@ -81,25 +95,90 @@ def resp_reply(response: UpstreamResponse) -> Frame:
     return build_resp_call_resp(response.id, status, headers, body)
 
 
-def _call_sync(step: Step, *args: Any) -> None:
+def _failed(step: Step, exc: BaseException, outcome: str, seconds: float) -> None:
+    """A plugin raised or missed its deadline: skip it (fail-open) or fail the call."""
+    if step.stats is not None:
+        step.stats.count("skipped" if step.fail_open else outcome, seconds)
+    if not step.fail_open:
+        raise PluginFailed(step.name, outcome) from exc
+    log.warning(
+        "plugin %r %s; skipped (fail_open)", step.name,
+        "missed its deadline" if outcome == "timeout" else f"raised {exc!r}",
+    )  # fmt: skip
+
+
+def _req_outcome(mark: int, request: Request, response: Response) -> str:
+    if response.stopped:
+        return "stop"
+    return "rewrite" if request.change_count(response) != mark else "pass"
+
+
+def _call_sync(step: Step, request: Request, response: Response) -> None:
+    stats = step.stats
+    if stats is None:
+        try:
+            step.fn(step.conf, request, response)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            _failed(step, exc, "timeout" if isinstance(exc, PluginTimeout) else "error", 0.0)
+        return
+    mark = request.change_count(response)
+    t0 = perf_counter()
     try:
+        step.fn(step.conf, request, response)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        _failed(
+            step, exc, "timeout" if isinstance(exc, PluginTimeout) else "error", perf_counter() - t0
+        )
+        return
+    stats.count(_req_outcome(mark, request, response), perf_counter() - t0)
+
+
+async def _await_step(step: Step, *args: Any) -> None:
+    if not step.is_async:
         step.fn(step.conf, *args)
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise PluginFailed(step.name) from exc
-
-
-async def _call(step: Step, *args: Any) -> None:
-    try:
-        if step.is_async:
+    elif step.timeout is None:
+        await step.fn(step.conf, *args)
+    else:
+        async with asyncio.timeout(step.timeout):
             await step.fn(step.conf, *args)
-        else:
-            step.fn(step.conf, *args)
+
+
+async def _call(step: Step, request: Request, response: Response) -> None:
+    stats = step.stats
+    mark = request.change_count(response) if stats is not None else 0
+    t0 = perf_counter()
+    try:
+        await _await_step(step, request, response)
     except DecodeError:
         raise
+    except TimeoutError as exc:
+        _failed(step, exc, "timeout", perf_counter() - t0)
+        return
     except Exception as exc:
-        raise PluginFailed(step.name) from exc
+        _failed(step, exc, "error", perf_counter() - t0)
+        return
+    if stats is not None:
+        stats.count(_req_outcome(mark, request, response), perf_counter() - t0)
+
+
+async def _call_resp(step: Step, response: UpstreamResponse) -> None:
+    t0 = perf_counter()
+    try:
+        await _await_step(step, response)
+    except DecodeError:
+        raise
+    except TimeoutError as exc:
+        _failed(step, exc, "timeout", perf_counter() - t0)
+        return
+    except Exception as exc:
+        _failed(step, exc, "error", perf_counter() - t0)
+        return
+    if step.stats is not None:
+        step.stats.count("pass", perf_counter() - t0)
 
 
 def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
@@ -126,7 +205,7 @@ async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
 async def run_resp(chain: Chain, view: RespCallView, ask: Ask) -> Frame:
     response = UpstreamResponse(view.id, view.status, view.headers, ask)
     for step in chain.resp:
-        await _call(step, response)
+        await _call_resp(step, response)
     return resp_reply(response)
 
 
@@ -136,7 +215,10 @@ def failure_frame(exc: BaseException, what: str) -> Frame:
         log.warning("%s: malformed request: %s", what, exc)
         return ERR_BAD_REQUEST
     if isinstance(exc, PluginFailed):
-        log.error("%s: plugin %r raised", what, exc.plugin, exc_info=exc.__cause__)
+        if exc.outcome == "timeout":
+            log.error("%s: plugin %r missed its deadline", what, exc.plugin)
+        else:
+            log.error("%s: plugin %r raised", what, exc.plugin, exc_info=exc.__cause__)
         return ERR_UNAVAILABLE
     if isinstance(exc, FrameTooLarge):
         log.error("%s: reply too large for the protocol: %s", what, exc)

@@ -153,6 +153,17 @@ class Request:
     def new_body(self) -> bytes | None:
         return self._new_body
 
+    def change_count(self, response: Response) -> int:
+        """How many changes plugins made so far (request and client-response
+        headers); metrics compare it around each plugin to count rewrites."""
+        n = (self._new_path is not None) + (self._new_body is not None)
+        if self._headers is not None:
+            n += self._headers.writes
+        if self._args is not None:
+            n += self._args.writes
+        h = response._headers
+        return n if h is None else n + h.writes
+
     def header_changes(self) -> list[tuple[str, str | None]]:
         h = self._headers
         return h.rewrite_entries() if h is not None and h.changed else []

@@ -8,38 +8,93 @@ unlink the new one's socket: we remember the inode we bound and compare.
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import socket
 import stat
 
 log = logging.getLogger("runner.listener")
 
 
+def _uid(owner: str | None) -> int:
+    if owner is None:
+        return -1
+    if owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise OSError(f"socket.owner: no user named {owner!r}") from None
+
+
+def _gid(group: str | None) -> int:
+    if group is None:
+        return -1
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(f"socket.group: no group named {group!r}") from None
+
+
 class Listener:
-    def __init__(self, path: str, mode: int, backlog: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        mode: int,
+        backlog: int,
+        owner: str | None = None,
+        group: str | None = None,
+    ) -> None:
         self.path = path
         self.mode = mode
         self.backlog = backlog
+        self.uid = _uid(owner)
+        self.gid = _gid(group)
         self.sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
 
     def bind(self) -> socket.socket:
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = False
         try:
             sock.bind(self.path)
-            # chmod after bind: the socket's mode decides who may connect.
+            bound = True
+            # chmod/chown after bind: the socket's mode and owner decide who
+            # may connect; both are checked before any worker serves.
             os.chmod(self.path, self.mode)
+            if self.uid != -1 or self.gid != -1:
+                os.chown(self.path, self.uid, self.gid)
+            self._check()
             sock.listen(self.backlog)
         except OSError:
             sock.close()
+            if bound:  # ours, and unusable: leave no socket file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             raise
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
         sock.setblocking(False)
         self.sock = sock
         return sock
+
+    def _check(self) -> None:
+        st = os.stat(self.path)
+        mode = stat.S_IMODE(st.st_mode)
+        if mode != self.mode:
+            raise OSError(
+                f"socket {self.path} has mode {mode:04o}, not the configured {self.mode:04o}"
+            )
+        if self.uid not in (-1, st.st_uid) or self.gid not in (-1, st.st_gid):
+            raise OSError(
+                f"socket {self.path} is owned by {st.st_uid}:{st.st_gid}, "
+                f"not the configured {self.uid}:{self.gid}"
+            )
 
     def _remove_stale(self) -> None:
         try:

@@ -24,7 +24,7 @@ class MultiDict(MutableMapping[str, str | None]):
     ``m.add(name, v)`` appends, ``del m[name]`` removes them all (KeyError if
     absent) and ``m.discard(name)`` removes them whether present or not."""
 
-    __slots__ = ("_changed", "_names", "_overrides", "_source", "_values")
+    __slots__ = ("_changed", "_names", "_overrides", "_source", "_values", "writes")
     _fold_case = False
 
     def __init__(self, pairs: Pairs = (), source: Callable[[], Pairs] | None = None) -> None:
@@ -33,6 +33,7 @@ class MultiDict(MutableMapping[str, str | None]):
         self._overrides: dict[str, Values | None] = {}  # writes before decoding
         self._source = source
         self._values: dict[str, Values] | None = None
+        self.writes = 0  # changes so far: metrics tell which plugin rewrote by it
         if source is None:
             self._values = {}
             self._fill(pairs)
@@ -72,6 +73,7 @@ class MultiDict(MutableMapping[str, str | None]):
         key = self._key(name)
         self._names.setdefault(key, name)
         self._changed[key] = None
+        self.writes += 1
         if self._values is None:
             self._overrides[key] = values
         elif values is None:

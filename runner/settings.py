@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 import msgspec
 import yaml
 
+from .policy import PluginOptions
+
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -36,6 +38,10 @@ class SocketSettings(_Base, frozen=True):
     path: str | None = None
     # APISIX workers often run as `nobody`: they need write permission (§6.9).
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] = 0o766
+    # Owner and group of the socket file (names or numeric ids); default: the
+    # runner's user. Set them when APISIX's workers run as another user.
+    owner: str | None = None
+    group: str | None = None
     backlog: Positive = 1024
 
 
@@ -46,6 +52,27 @@ class ConfCacheSettings(_Base, frozen=True):
     max_entries: Positive = 65536
     # Decoded chains each worker keeps in front of the store.
     worker_cache: Positive = 4096
+
+
+class MetricsSettings(_Base, frozen=True):
+    # host:port of the Prometheus endpoint (/metrics, /healthz); off when
+    # unset. Keep it on loopback or a private address: it is not authenticated.
+    address: str | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if not self.address:
+            return None
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def __post_init__(self) -> None:
+        if self.address:
+            _, sep, port = self.address.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise msgspec.ValidationError(
+                    f"expected host:port like 127.0.0.1:9091, got {self.address!r}"
+                )
 
 
 class LoggingSettings(_Base, frozen=True):
@@ -68,6 +95,17 @@ class Settings(_Base, frozen=True):
     # A call whose plugins take longer is answered SERVICE_UNAVAILABLE
     # (APISIX itself gives up after 60 s).
     call_timeout: Seconds = 10.0
+    # A plain `def` plugin that holds the event loop longer is interrupted
+    # (its call fails, or it is skipped when fail_open); see runner.watchdog.
+    inline_timeout: Seconds = 2.0
+    # Per plugin: fail_open, timeout, blocking (see runner.policy).
+    plugin_options: dict[str, PluginOptions] = msgspec.field(default_factory=dict)
+    # Replace a worker after this many calls (0: never), plus a random
+    # 0..max_requests_jitter so workers do not all restart together. A
+    # safety net for plugins that leak memory; no call is lost.
+    max_requests: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_requests_jitter: Annotated[int, msgspec.Meta(ge=0)] = 0
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     # Filled from the environment / location of the config file.
     conf_expire_time: Seconds = 3600.0

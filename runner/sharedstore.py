@@ -186,6 +186,9 @@ class SqliteBackend:
         self._clock = clock
         self._pid = os.getpid()
         self._conn = _connect(path)
+        # Rows this process removed: expired (TTL) and evicted (LRU); metrics.
+        self.expired = 0
+        self.evicted = 0
 
     # -- the Backend protocol
 
@@ -195,7 +198,9 @@ class SqliteBackend:
         digest = _digest(key, blob)
         now = self._clock()
         with self._write() as db:
-            db.execute("DELETE FROM conf WHERE atime < ?", (now - self._ttl,))
+            self.expired += db.execute(
+                "DELETE FROM conf WHERE atime < ?", (now - self._ttl,)
+            ).rowcount
             row = db.execute("SELECT token FROM conf WHERE digest = ?", (digest,)).fetchone()
             if row is not None:
                 db.execute("UPDATE conf SET atime = ? WHERE token = ?", (now, row[0]))
@@ -289,8 +294,8 @@ class SqliteBackend:
         (rows,) = db.execute("SELECT rows FROM meta").fetchone()
         excess = int(rows) - self._max
         if excess > 0:
-            db.execute(
+            self.evicted += db.execute(
                 "DELETE FROM conf WHERE token IN "
                 "(SELECT token FROM conf WHERE token != ? ORDER BY atime LIMIT ?)",
                 (keep, excess),
-            )
+            ).rowcount

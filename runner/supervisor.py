@@ -30,6 +30,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .listener import Listener
+from .metrics import STATUS_FILE, Totals, read_snapshot, write_atomic
 from .plugins import Plugin, PluginError, load_plugins
 from .settings import Settings, SettingsError, load_settings
 from .sharedstore import SqliteBackend
@@ -71,6 +73,7 @@ class WorkerProc:
         self.generation = generation
         self.started = time.monotonic()
         self.ready = False
+        self.retiring = False  # replaced (max_requests): its exit is planned
 
 
 class Supervisor:
@@ -97,6 +100,12 @@ class Supervisor:
         self._store_dir = ""
         self._listener: Listener | None = None
         self._wake_r, self._wake_w = -1, -1
+        self._metrics_sock: socket.socket | None = None
+        self._exporter_pid = 0
+        self._respawns = 0
+        self._recycles = 0
+        self._retired = Totals()  # metrics of exited workers
+        self._folded: list[str] = []  # their boot ids (bounded)
 
     # -- start and stop
 
@@ -108,8 +117,11 @@ class Supervisor:
                 self.store_path, self.settings.token_ttl, self.settings.conf_cache.max_entries
             )
             s = self.settings
-            self._listener = Listener(s.socket_path, s.socket.mode, s.socket.backlog)
+            self._listener = Listener(
+                s.socket_path, s.socket.mode, s.socket.backlog, s.socket.owner, s.socket.group
+            )
             self._listener.bind()
+            self._start_metrics()
             self._install_signals()
             log.info("listening on %s with %d workers", s.socket_path, s.workers)
             self._spawn_missing()
@@ -121,6 +133,86 @@ class Supervisor:
     @property
     def store_path(self) -> str:
         return str(Path(self._store_dir, "confs.sqlite3"))
+
+    @property
+    def metrics_dir(self) -> str:
+        return str(Path(self._store_dir, "metrics"))
+
+    # -- metrics: the exporter process and the supervisor's status file
+
+    def _start_metrics(self) -> None:
+        address = self.settings.metrics.host_port
+        if address is None:
+            return
+        os.mkdir(self.metrics_dir)
+        # Bound here, before any worker: a taken port stops start-up.
+        self._metrics_sock = socket.create_server(address)
+        log.info("metrics on http://%s:%d/metrics", *address)
+        self._write_status()
+        self._spawn_exporter()
+
+    def _spawn_exporter(self) -> None:
+        assert self._metrics_sock is not None
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                self._child_setup()
+                self._listener_close_in_child()
+                from .exporter import serve as serve_exporter  # prometheus_client: here only
+
+                serve_exporter(self._metrics_sock, self.metrics_dir, self._conf_tokens())
+            except BaseException:
+                log.exception("metrics exporter crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        self._exporter_pid = pid
+
+    def _conf_tokens(self) -> Callable[[], int | None]:
+        settings, path = self.settings, self.store_path
+        backend: list[SqliteBackend] = []
+
+        def size() -> int | None:
+            try:
+                if not backend:  # opened in the exporter process, on first scrape
+                    backend.append(SqliteBackend(path, settings.token_ttl, 1))
+                return backend[0].size()
+            except Exception:
+                return None
+
+        return size
+
+    def _write_status(self) -> None:
+        if self._metrics_sock is None:
+            return
+        workers = [w for w in self.workers.values() if not w.retiring]
+        current = [w for w in workers if w.generation == self.generation]
+        status = {
+            "workers_expected": self.settings.workers,
+            "workers_alive": len(workers),
+            "workers_ready": sum(1 for w in current if w.ready),
+            "worker_respawns": self._respawns,
+            "worker_recycles": self._recycles,
+            "retired": self._retired.as_snapshot(),
+            "folded_boots": self._folded,
+        }
+        with contextlib.suppress(OSError):
+            write_atomic(os.path.join(self.metrics_dir, STATUS_FILE), status)
+
+    def _fold_metrics(self, pid: int) -> None:
+        """Keep an exited worker's counts: into the status first, then its
+        file goes (the exporter reads files before the status; see gather)."""
+        if self._metrics_sock is None:
+            return
+        path = os.path.join(self.metrics_dir, f"worker-{pid}.msgpack")
+        snap = read_snapshot(path)
+        if snap is not None:
+            self._retired.add(snap, gauges=False)
+            self._folded = [*self._folded[-999:], str(snap.get("boot"))]
+        self._write_status()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -136,7 +228,12 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         self._kill_all(signal.SIGKILL)
+        if self._exporter_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._exporter_pid, signal.SIGKILL)
         self._reap()
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
         if self._listener is not None:
             self._listener.close()
         if self._store_dir:
@@ -161,7 +258,8 @@ class Supervisor:
                 self._spawn_missing()
 
     def _sleep(self, timeout: float) -> None:
-        fds = [self._wake_r, *(w.ready_fd for w in self.workers.values() if not w.ready)]
+        # Every worker's pipe: "1" when it serves, "R" when it wants replacing.
+        fds = [self._wake_r, *(w.ready_fd for w in self.workers.values())]
         with contextlib.suppress(InterruptedError):
             select.select(fds, [], [], timeout)
         with contextlib.suppress(BlockingIOError):
@@ -205,6 +303,7 @@ class Supervisor:
         for index in range(self.settings.workers):
             if index not in used:
                 self._spawn(index, self.generation, self.settings, self.plugins)
+                self._write_status()
 
     def _spawn(
         self, index: int, generation: int, settings: Settings, plugins: dict[str, Plugin]
@@ -226,14 +325,9 @@ class Supervisor:
     ) -> None:
         code = 0
         try:
-            signal.set_wakeup_fd(-1)
-            for sig in SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            for other in self.workers.values():
-                os.close(other.ready_fd)
-            set_parent_death_signal(signal.SIGTERM)
+            self._child_setup()
+            if self._metrics_sock is not None:
+                self._metrics_sock.close()
             assert self._listener is not None and self._listener.sock is not None
             self._serve_worker(
                 settings, plugins, self._listener.sock.fileno(), self.store_path, ready_fd
@@ -247,17 +341,54 @@ class Supervisor:
             logging.shutdown()
             os._exit(code)
 
+    def _child_setup(self) -> None:
+        """First steps of any forked child: the master's signal plumbing and
+        pipes are not its business."""
+        signal.set_wakeup_fd(-1)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:  # the exporter starts before the signal pipe exists
+                os.close(fd)
+        for other in self.workers.values():
+            os.close(other.ready_fd)
+        set_parent_death_signal(signal.SIGTERM)
+
+    def _listener_close_in_child(self) -> None:
+        if self._listener is not None and self._listener.sock is not None:
+            self._listener.sock.close()  # the exporter never serves APISIX
+
     def _check_ready(self) -> None:
-        for worker in self.workers.values():
-            if worker.ready:
-                continue
+        changed = False
+        for worker in list(self.workers.values()):
             r, _, _ = select.select([worker.ready_fd], [], [], 0)
-            if r and os.read(worker.ready_fd, 1) == b"1":  # b"" would mean it died
-                worker.ready = True
+            message = os.read(worker.ready_fd, 64) if r else b""  # b"": it died
+            if b"1" in message and not worker.ready:
+                worker.ready = changed = True
                 self._failures = 0
-            elif time.monotonic() - worker.started > BOOT_TIMEOUT:
+            if b"R" in message:
+                self._recycle(worker)
+                changed = True
+            if not worker.ready and time.monotonic() - worker.started > BOOT_TIMEOUT:
                 log.error("worker %d did not start within %.0f s", worker.index, BOOT_TIMEOUT)
                 os.kill(worker.pid, signal.SIGKILL)
+        if changed:
+            self._write_status()
+
+    def _recycle(self, worker: WorkerProc) -> None:
+        """max_requests: start the replacement first, then retire the old one
+        gracefully (as on reload), so capacity never drops and no call is lost."""
+        if worker.retiring or self._stopping or worker.generation != self.generation:
+            return
+        fresh = self._spawn(worker.index, worker.generation, self.settings, self.plugins)
+        if not self._wait_ready(fresh):
+            log.error("replacement of worker %d did not start; keeping it", worker.index)
+            return
+        worker.retiring = True
+        self._recycles += 1
+        log.info("worker %d (pid %d) replaced after max_requests", worker.index, worker.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGUSR2)
 
     def _reap(self) -> None:
         while True:
@@ -267,14 +398,25 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if pid == self._exporter_pid:
+                self._exporter_exited(status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 os.close(worker.ready_fd)
+                self._fold_metrics(pid)
                 self._worker_exited(worker, status)
+
+    def _exporter_exited(self, status: int) -> None:
+        self._exporter_pid = 0
+        if not self._stopping:
+            log.error("metrics exporter exited with %d; restarting it",
+                      os.waitstatus_to_exitcode(status))  # fmt: skip
+            self._spawn_exporter()
 
     def _worker_exited(self, worker: WorkerProc, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        if self._stopping or worker.generation != self.generation:
+        if self._stopping or worker.generation != self.generation or worker.retiring:
             return  # a retired worker, or a reload's trial worker (handled there)
         if code == WORKER_BOOT_ERROR:
             log.error("worker %d failed to boot; stopping the runner", worker.index)
@@ -282,6 +424,7 @@ class Supervisor:
             self.handle_term()
             return
         log.error("worker %d (pid %d) exited with %d; replacing it", worker.index, worker.pid, code)
+        self._respawns += 1
         if not worker.ready:
             # Died before serving: back off, but keep listening to signals
             # (the loop sleeps in select until then; SIGTERM still acts at once).

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 from collections.abc import Mapping
@@ -19,9 +20,11 @@ import uvloop
 
 from .confstore import Backend, ConfStore
 from .conn import Connection, ServerState, make_factory
+from .metrics import FLUSH_EVERY, WorkerMetrics
 from .plugins import Plugin, run_hooks
 from .settings import Settings
 from .sharedstore import SqliteBackend
+from .watchdog import Watchdog
 
 log = logging.getLogger("runner.worker")
 
@@ -36,6 +39,11 @@ RETIRE_SECONDS = 30.0
 # calls get this long to finish, the rest of the second is for exiting.
 DRAIN_SECONDS = 0.7
 
+# The worker asks the supervisor for a replacement with this byte on its
+# ready pipe (max_requests reached); it retires once told to (SIGUSR2).
+RECYCLE = b"R"
+HOUSEKEEPING_EVERY = 0.5
+
 
 class Worker:
     def __init__(
@@ -45,15 +53,25 @@ class Worker:
         sock: socket.socket,
         backend: Backend,
         ready_fd: int = -1,
+        metrics_dir: str | None = None,
+        max_requests: int = 0,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.sock = sock
+        self.backend = backend
+        self.metrics = WorkerMetrics() if metrics_dir else None
+        self._metrics_dir = metrics_dir
         # The worker's cache re-checks a token with the store well inside its
         # lifetime, so an idle token expires on time in every worker.
         touch_every = min(60.0, settings.token_ttl / 4)
-        store = ConfStore(plugins, backend, settings.conf_cache.worker_cache, touch_every)
+        store = ConfStore(
+            plugins, backend, settings.conf_cache.worker_cache, touch_every,
+            options=settings.plugin_options, metrics=self.metrics,
+        )  # fmt: skip
         self.state = ServerState(store, settings.call_timeout)
+        self._watchdog = Watchdog(self.state, settings.inline_timeout)
+        self._max_requests = max_requests
         self._ready_fd = ready_fd
         self._stop: asyncio.Event | None = None
         self._retiring: asyncio.Future[None] | None = None
@@ -73,12 +91,44 @@ class Worker:
             raise SystemExit(WORKER_BOOT_ERROR) from None
         server = await loop.create_unix_server(make_factory(self.state), sock=self.sock)
         log.info("serving on %s", self.settings.socket_path)
+        self._watchdog.start()
         self._signal_ready()
         loop.add_signal_handler(signal.SIGUSR2, self._start_retiring, server)
+        housekeeping = asyncio.ensure_future(self._housekeeping())
         try:
             await self._stop.wait()
         finally:
+            housekeeping.cancel()
             await self._shutdown(server)
+            self._watchdog.stop()
+            self._flush_metrics()
+
+    async def _housekeeping(self) -> None:
+        """Metrics snapshots and the max_requests check, off the hot path."""
+        every = FLUSH_EVERY if self.metrics is not None else HOUSEKEEPING_EVERY
+        asked = False
+        while True:
+            await asyncio.sleep(every)
+            self._flush_metrics()
+            if not asked and self._max_requests and self.state.calls >= self._max_requests:
+                asked = True
+                log.info("served %d calls (max_requests); asking for a replacement",
+                         self.state.calls)  # fmt: skip
+                self._tell_supervisor(RECYCLE)
+
+    def _flush_metrics(self) -> None:
+        metrics = self.metrics
+        if metrics is None or self._metrics_dir is None:
+            return
+        if isinstance(self.backend, SqliteBackend):
+            metrics.conf_expired = self.backend.expired
+            metrics.conf_evicted = self.backend.evicted
+        metrics.flush(self._metrics_dir)
+
+    def _tell_supervisor(self, message: bytes) -> None:
+        if self._ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._ready_fd, message)
 
     def _start_retiring(self, server: asyncio.Server) -> None:
         if self._retiring is None:
@@ -109,12 +159,9 @@ class Worker:
         self._stop.set()  # then the usual shutdown: drain and close the rest
 
     def _signal_ready(self) -> None:
-        # One byte to the supervisor: this worker accepts connections now.
-        if self._ready_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self._ready_fd, b"1")
-            os.close(self._ready_fd)
-            self._ready_fd = -1
+        # One byte to the supervisor: this worker accepts connections now. The
+        # pipe stays open for the recycle request.
+        self._tell_supervisor(b"1")
 
     async def _shutdown(self, server: asyncio.Server) -> None:
         server.close()  # stop accepting; the socket file stays for the next runner
@@ -138,8 +185,15 @@ def serve_worker(
     sock = socket.socket(fileno=os.dup(sock_fd))
     sock.setblocking(False)
     backend = SqliteBackend(store_path, settings.token_ttl, settings.conf_cache.max_entries)
+    metrics_dir = os.path.join(os.path.dirname(store_path), "metrics")
+    max_requests = settings.max_requests
+    if max_requests:
+        max_requests += random.randint(0, settings.max_requests_jitter)
     try:
-        Worker(settings, plugins, sock, backend, ready_fd).run()
+        Worker(
+            settings, plugins, sock, backend, ready_fd,
+            metrics_dir if settings.metrics.address else None, max_requests,
+        ).run()  # fmt: skip
     finally:
         backend.close()
         sock.close()
