@@ -13,6 +13,7 @@ import logging
 from time import perf_counter
 from typing import Any
 
+from . import logs
 from .confstore import Chain, Step
 from .http import Ask, Request, Response, UpstreamResponse
 from .proto import (
@@ -114,6 +115,7 @@ def _req_outcome(mark: int, request: Request, response: Response) -> str:
 
 
 def _call_sync(step: Step, request: Request, response: Response) -> None:
+    logs.inline_context = (request.id, step.name)  # for log lines the plugin writes
     stats = step.stats
     if stats is None:
         try:
@@ -148,6 +150,7 @@ async def _await_step(step: Step, *args: Any) -> None:
 
 
 async def _call(step: Step, request: Request, response: Response) -> None:
+    logs.task_context.set((request.id, step.name))
     stats = step.stats
     mark = request.change_count(response) if stats is not None else 0
     t0 = perf_counter()
@@ -166,6 +169,7 @@ async def _call(step: Step, request: Request, response: Response) -> None:
 
 
 async def _call_resp(step: Step, response: UpstreamResponse) -> None:
+    logs.task_context.set((response.id, step.name))
     t0 = perf_counter()
     try:
         await _await_step(step, response)
@@ -185,10 +189,13 @@ def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
     """The request phase for a chain of plain ``def`` filters, run inline."""
     request = Request(view, ask, view.conf_token)
     response = Response()
-    for step in chain.req:
-        _call_sync(step, request, response)
-        if response.stopped:
-            break
+    try:
+        for step in chain.req:
+            _call_sync(step, request, response)
+            if response.stopped:
+                break
+    finally:
+        logs.inline_context = None
     return req_reply(request, response)
 
 

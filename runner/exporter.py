@@ -51,7 +51,7 @@ HISTOGRAMS: Final[dict[str, tuple[str, list[str]]]] = {
 _HIST_KEYS: Final = {"rpc_duration": "rpc_duration_seconds",
                      "plugin_duration": "plugin_duration_seconds"}  # fmt: skip
 GAUGES: Final[dict[str, tuple[str, list[str]]]] = {
-    "connections": ("Open APISIX connections, all workers", []),
+    "connections_open": ("Open APISIX connections, all workers", []),
     "workers_alive": ("Worker processes alive", []),
     "workers_ready": ("Worker processes accepting connections", []),
     "workers_expected": ("Worker processes configured", []),

@@ -139,7 +139,7 @@ class WorkerMetrics:
                 "pid": os.getpid(),
                 "boot": self.boot,
                 "counters": list(self._counters()),
-                "gauges": [["connections", [], self.connections]],
+                "gauges": [["connections_open", [], self.connections]],
                 "histograms": list(self._histograms()),
             }
         )

@@ -110,6 +110,8 @@ class Settings(_Base, frozen=True):
     # Filled from the environment / location of the config file.
     conf_expire_time: Seconds = 3600.0
     base_dir: str = "."
+    # From the command line (--profile DIR): each worker writes a cProfile there.
+    profile_dir: str | None = None
 
     @property
     def socket_path(self) -> str:
@@ -183,18 +185,21 @@ def load_settings(
     path: str | Path,
     env: Mapping[str, str] | None = None,
     workers: int | None = None,
+    profile_dir: str | None = None,
 ) -> Settings:
     """Read config.yaml (a missing file means all defaults), apply the
     environment and command-line overrides, validate once."""
     path = Path(path)
     data = _read_yaml(path)
-    for key in ("conf_expire_time", "base_dir"):
+    for key in ("conf_expire_time", "base_dir", "profile_dir"):
         if key in data:
             raise SettingsError(f"{key}: not a config.yaml setting")
     _octal_mode(data)
     _apply_env(data, os.environ if env is None else env)
     if workers is not None:
         data["workers"] = workers
+    if profile_dir is not None:
+        data["profile_dir"] = str(Path(profile_dir).resolve())
     data["base_dir"] = str(path.resolve().parent)
     try:
         return msgspec.convert(data, type=Settings)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .listener import Listener
+from .logs import set_role
 from .metrics import STATUS_FILE, Totals, read_snapshot, write_atomic
 from .plugins import Plugin, PluginError, load_plugins
 from .settings import Settings, SettingsError, load_settings
@@ -158,6 +159,7 @@ class Supervisor:
             code = 0
             try:
                 self._child_setup()
+                set_role("exporter")
                 self._listener_close_in_child()
                 from .exporter import serve as serve_exporter  # prometheus_client: here only
 
@@ -326,6 +328,7 @@ class Supervisor:
         code = 0
         try:
             self._child_setup()
+            set_role(f"worker {index}")
             if self._metrics_sock is not None:
                 self._metrics_sock.close()
             assert self._listener is not None and self._listener.sock is not None

@@ -77,7 +77,21 @@ class Worker:
         self._retiring: asyncio.Future[None] | None = None
 
     def run(self) -> None:
-        uvloop.run(self._main())
+        if self.settings.profile_dir is None:
+            uvloop.run(self._main())
+            return
+        # --profile: the whole life of the worker under cProfile, written at
+        # exit (SIGTERM drains and returns here); read it with pstats.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(uvloop.run, self._main())
+        finally:
+            os.makedirs(self.settings.profile_dir, exist_ok=True)
+            path = os.path.join(self.settings.profile_dir, f"worker-{os.getpid()}.prof")
+            profiler.dump_stats(path)
+            log.info("CPU profile written to %s", path)
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
