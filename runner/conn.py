@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any, cast
 
 from . import dispatch
 from .confstore import ConfStore
+from .metrics import BUCKETS
 from .plugins import ConfError
 from .proto import (
     DecodeError,
@@ -152,8 +154,15 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.write(frame)
         metrics = self._metrics
         if metrics is not None:
-            outcome = dispatch.OUTCOMES.get(id(frame), "ok")
-            metrics.count_rpc(rpc, outcome, perf_counter() - t0)
+            seconds = perf_counter() - t0
+            stats = metrics.rpc[rpc]
+            error = dispatch.OUTCOMES.get(id(frame))  # the shared error frames
+            if error is None:
+                stats.ok += 1
+            else:
+                stats.errors[error] = stats.errors.get(error, 0) + 1
+            stats.counts[bisect_left(BUCKETS, seconds)] += 1
+            stats.sum += seconds
 
     def _malformed(self, what: str, exc: Exception) -> None:
         log.warning("%s: malformed request: %s", what, exc)

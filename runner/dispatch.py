@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
 from . import logs
 from .confstore import Chain, Step
 from .http import Ask, Request, Response, UpstreamResponse
+from .metrics import BUCKETS, PluginStats
 from .proto import (
     DecodeError,
     ErrCode,
@@ -108,10 +110,17 @@ def _failed(step: Step, exc: BaseException, outcome: str, seconds: float) -> Non
     )  # fmt: skip
 
 
-def _req_outcome(mark: int, request: Request, response: Response) -> str:
+def _count_req(
+    stats: PluginStats, mark: int, request: Request, response: Response, seconds: float
+) -> None:
     if response.stopped:
-        return "stop"
-    return "rewrite" if request.change_count(response) != mark else "pass"
+        stats.stop += 1
+    elif request.change_count(response) != mark:
+        stats.rewrite += 1
+    else:
+        stats.passed += 1
+    stats.counts[bisect_left(BUCKETS, seconds)] += 1
+    stats.sum += seconds
 
 
 def _call_sync(step: Step, request: Request, response: Response) -> None:
@@ -136,7 +145,7 @@ def _call_sync(step: Step, request: Request, response: Response) -> None:
             step, exc, "timeout" if isinstance(exc, PluginTimeout) else "error", perf_counter() - t0
         )
         return
-    stats.count(_req_outcome(mark, request, response), perf_counter() - t0)
+    _count_req(stats, mark, request, response, perf_counter() - t0)
 
 
 async def _await_step(step: Step, *args: Any) -> None:
@@ -165,7 +174,7 @@ async def _call(step: Step, request: Request, response: Response) -> None:
         _failed(step, exc, "error", perf_counter() - t0)
         return
     if stats is not None:
-        stats.count(_req_outcome(mark, request, response), perf_counter() - t0)
+        _count_req(stats, mark, request, response, perf_counter() - t0)
 
 
 async def _call_resp(step: Step, response: UpstreamResponse) -> None:

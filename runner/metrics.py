@@ -43,7 +43,10 @@ INFO_NAMES: Final = {1: "var", 2: "req_body", 3: "resp_body"}
 
 
 class Histogram:
-    """Bucket counts (the last one is +Inf) and the sum of observations."""
+    """Bucket counts (the last one is +Inf) and the sum of observations.
+    Hot paths update ``counts``/``sum`` inline (``bisect_left(BUCKETS, s)``)
+    rather than calling :meth:`observe`: a method call is a tenth of the
+    budget metrics have per request."""
 
     __slots__ = ("counts", "sum")
 
@@ -56,20 +59,48 @@ class Histogram:
         self.sum += seconds
 
 
-class PluginStats:
-    """One plugin's numbers in one worker; a Step holds a reference, so the
-    dispatcher updates it without a lookup."""
+class RpcStats(Histogram):
+    """One RPC type's answers: ``ok`` and error codes, and their latency."""
 
-    __slots__ = ("latency", "outcomes")
+    __slots__ = ("errors", "ok")
 
     def __init__(self) -> None:
-        # outcome -> calls: stop, rewrite, pass, error, timeout, skipped
-        self.outcomes: dict[str, int] = {}
-        self.latency = Histogram()
+        super().__init__()
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+
+    def outcomes(self) -> Iterator[tuple[str, int]]:
+        if self.ok:
+            yield "ok", self.ok
+        yield from self.errors.items()
+
+
+class PluginStats(Histogram):
+    """One plugin's calls by outcome, and the time spent in it. A Step holds
+    a reference, so the dispatcher updates it without a lookup."""
+
+    __slots__ = ("other", "passed", "rewrite", "stop")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop = 0
+        self.rewrite = 0
+        self.passed = 0
+        self.other: dict[str, int] = {}  # error, timeout, skipped
 
     def count(self, outcome: str, seconds: float) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.latency.observe(seconds)
+        """The slow path (failures, response phase)."""
+        if outcome == "pass":
+            self.passed += 1
+        else:
+            self.other[outcome] = self.other.get(outcome, 0) + 1
+        self.observe(seconds)
+
+    def outcomes(self) -> Iterator[tuple[str, int]]:
+        for outcome, n in (("stop", self.stop), ("rewrite", self.rewrite), ("pass", self.passed)):
+            if n:
+                yield outcome, n
+        yield from self.other.items()
 
 
 class WorkerMetrics:
@@ -80,8 +111,7 @@ class WorkerMetrics:
         # Tells this worker's snapshots apart from a later process that gets
         # the same pid (the supervisor folds exited workers in by this id).
         self.boot = os.urandom(8).hex()
-        self.rpc: dict[tuple[str, str], int] = {}  # (rpc, outcome) -> calls
-        self.rpc_latency: dict[str, Histogram] = {name: Histogram() for name in RPC_NAMES.values()}
+        self.rpc: dict[str, RpcStats] = {name: RpcStats() for name in RPC_NAMES.values()}
         self.plugins: dict[str, PluginStats] = {}
         self.extra_info: dict[str, int] = {}
         self.conf_hits = 0
@@ -98,11 +128,6 @@ class WorkerMetrics:
             stats = self.plugins[name] = PluginStats()
         return stats
 
-    def count_rpc(self, rpc: str, outcome: str, seconds: float) -> None:
-        key = (rpc, outcome)
-        self.rpc[key] = self.rpc.get(key, 0) + 1
-        self.rpc_latency[rpc].observe(seconds)
-
     def count_extra_info(self, info_type: int) -> None:
         kind = INFO_NAMES.get(info_type, str(info_type))
         self.extra_info[kind] = self.extra_info.get(kind, 0) + 1
@@ -110,10 +135,11 @@ class WorkerMetrics:
     # -- snapshot
 
     def _counters(self) -> Iterator[list[Any]]:
-        for (rpc, outcome), n in self.rpc.items():
-            yield ["rpc", [rpc, outcome], n]
+        for rpc, rpc_stats in self.rpc.items():
+            for outcome, n in rpc_stats.outcomes():
+                yield ["rpc", [rpc, outcome], n]
         for name, stats in self.plugins.items():
-            for outcome, n in stats.outcomes.items():
+            for outcome, n in stats.outcomes():
                 yield ["plugin_calls", [name, outcome], n]
         for kind, n in self.extra_info.items():
             yield ["extra_info", [kind], n]
@@ -125,13 +151,12 @@ class WorkerMetrics:
         yield ["frames_malformed", [], self.malformed]
 
     def _histograms(self) -> Iterator[list[Any]]:
-        for rpc, hist in self.rpc_latency.items():
-            if any(hist.counts):
-                yield ["rpc_duration", [rpc], hist.counts, hist.sum]
-        for name, stats in self.plugins.items():
-            h = stats.latency
+        for rpc, h in self.rpc.items():
             if any(h.counts):
-                yield ["plugin_duration", [name], h.counts, h.sum]
+                yield ["rpc_duration", [rpc], h.counts, h.sum]
+        for name, p in self.plugins.items():
+            if any(p.counts):
+                yield ["plugin_duration", [name], p.counts, p.sum]
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(
