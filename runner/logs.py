@@ -50,7 +50,7 @@ def setup_logging(conf: LoggingSettings, foreground: bool) -> None:
     handler: logging.Handler
     level = conf.level
     if conf.file:
-        handler = logging.FileHandler(os.path.expanduser(conf.file))
+        handler = logging.FileHandler(os.path.expanduser(conf.file), encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
         if not foreground:

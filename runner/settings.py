@@ -132,7 +132,7 @@ class Settings(_Base, frozen=True):
 
 def _read_yaml(path: Path) -> dict[str, object]:
     try:
-        data = yaml.safe_load(path.read_text()) if path.exists() else None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

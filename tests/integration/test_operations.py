@@ -380,3 +380,36 @@ def test_world_writable_plugin_dir_warns(runner_factory: RunnerFactory, tmp_path
     os.chmod(loose, 0o777)
     running = runner_factory(plugins_dir=str(loose))
     assert f"{loose} is world-writable" in running.log_text()
+
+
+def test_runs_with_the_environment_nginx_passes(tmp_path: Path) -> None:
+    """nginx passes the runner only PATH and APISIX's variables (no LANG or
+    LC_*, PROTOCOL.md §4): config, plugins and logs must not depend on a locale."""
+    from runner.pytest_plugin import accepts
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("# réglages — ünïcode\nlogging:\n  file: " + str(tmp_path / "r.log") + "\n",
+                   encoding="utf-8")  # fmt: skip
+    sock = str(tmp_path / "r.sock")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "APISIX_LISTEN_ADDRESS": f"unix:{sock}",
+        "APISIX_CONF_EXPIRE_TIME": "3600",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "start", "--config", str(cfg), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not accepts(sock):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        result = _chain_call(sock, [("stop", '{"body": "grüße ✓", "headers": {"X-Ü": "ü"}}')])
+        assert isinstance(result, Stop) and result.body.decode() == "grüße ✓"
+        assert ("X-Ü", "ü") in result.headers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
