@@ -148,7 +148,17 @@ def _call_sync(step: Step, request: Request, response: Response) -> None:
     _count_req(stats, mark, request, response, perf_counter() - t0)
 
 
-async def _await_step(step: Step, *args: Any) -> None:
+async def _await_step(step: Step, req_id: int, *args: Any) -> None:
+    # Log lines the plugin writes name the request and the plugin; the
+    # context ends with the plugin (the failure line names them itself).
+    context = logs.task_context.set((req_id, step.name))
+    try:
+        await _run_step(step, *args)
+    finally:
+        logs.task_context.reset(context)
+
+
+async def _run_step(step: Step, *args: Any) -> None:
     if not step.is_async:
         step.fn(step.conf, *args)
     elif step.timeout is None:
@@ -159,12 +169,11 @@ async def _await_step(step: Step, *args: Any) -> None:
 
 
 async def _call(step: Step, request: Request, response: Response) -> None:
-    logs.task_context.set((request.id, step.name))
     stats = step.stats
     mark = request.change_count(response) if stats is not None else 0
     t0 = perf_counter()
     try:
-        await _await_step(step, request, response)
+        await _await_step(step, request.id, request, response)
     except DecodeError:
         raise
     except TimeoutError as exc:
@@ -178,10 +187,9 @@ async def _call(step: Step, request: Request, response: Response) -> None:
 
 
 async def _call_resp(step: Step, response: UpstreamResponse) -> None:
-    logs.task_context.set((response.id, step.name))
     t0 = perf_counter()
     try:
-        await _await_step(step, response)
+        await _await_step(step, response.id, response)
     except DecodeError:
         raise
     except TimeoutError as exc:

@@ -69,7 +69,7 @@ def alive(pid: int) -> bool:
 
 
 def serves(log: str, pid: int) -> bool:
-    return f"[pid {pid}] runner.worker: serving on" in log
+    return f" pid {pid}] runner.worker: serving on" in log
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float | None:
@@ -103,7 +103,7 @@ def new_serving(runner: RunningRunner, n: int, retiring: set[int]) -> Callable[[
         log = runner.log_text()
         # A retiring worker has stopped accepting once it says so (or is gone).
         stopped = all(
-            f"[pid {w}] runner.worker: retiring" in log or w not in children(supervisor)
+            f" pid {w}] runner.worker: retiring" in log or w not in children(supervisor)
             for w in retiring
         )
         return len(workers) == n and stopped and all(serves(log, w) for w in workers)
