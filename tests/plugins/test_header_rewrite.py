@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from runner.bundled_plugins.header_rewrite import HeaderRewrite
 
 from runner import ConfError, Request, Response
+from runner.bundled_plugins.header_rewrite import HeaderRewrite
 from runner.plugintest import PluginTester
 from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, Rewrite, RunnerError, apply_rewrite

@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from runner.bundled_plugins.jwt_auth import JwtAuth, JwtAuthConfig
 
 from runner import ConfError
+from runner.bundled_plugins.jwt_auth import JwtAuth, JwtAuthConfig
 from runner.plugintest import PluginTester
 from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, Rewrite, RunnerError, Stop, apply_rewrite

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from runner.bundled_plugins.request_validator import MAX_MESSAGE, RequestValidator
 
 from runner import ConfError
+from runner.bundled_plugins.request_validator import MAX_MESSAGE, RequestValidator
 from runner.plugintest import PluginTester
 from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, RunnerError, Stop
