@@ -122,6 +122,11 @@ def _plugin_classes(module: ModuleType) -> Iterator[type[Plugin]]:
             and bool(getattr(obj, "name", None))
         ):
             yield obj
+    # Plugins written for the old official runner (its PluginBase) come wrapped
+    # as Plugin classes. Imported here: runner.compat imports this module.
+    from .compat import plugin_classes as legacy_plugin_classes
+
+    yield from legacy_plugin_classes(module)
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -178,6 +183,10 @@ def _instantiate(cls: type[Plugin]) -> Plugin:
 
 def load_plugins(dirs: Iterable[Path], entry_points: bool = True) -> dict[str, Plugin]:
     """Import every plugin once; a duplicate name or a broken file is fatal."""
+    from .compat import install as install_legacy_imports
+
+    # Before any plugin file runs: old-runner plugins import apisix.runner.*.
+    install_legacy_imports()
     found: dict[str, Plugin] = {}
     sources = list(_from_dirs(dirs))
     if entry_points:
