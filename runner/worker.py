@@ -103,7 +103,9 @@ class Worker:
         except Exception:
             log.exception("a plugin's startup() failed")
             raise SystemExit(WORKER_BOOT_ERROR) from None
-        server = await loop.create_unix_server(make_factory(self.state), sock=self.sock)
+        server = await loop.create_unix_server(
+            make_factory(self.state), sock=self.sock, backlog=self.settings.socket.backlog
+        )  # uvloop re-listens: without it the backlog drops to 100
         log.info("serving on %s", self.settings.socket_path)
         self._watchdog.start()
         self._signal_ready()

@@ -1,0 +1,1 @@
+"""End-to-end tests: nginx + the Lua ext-plugin client + the runner."""
