@@ -131,6 +131,10 @@ class Connection(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The handler table holds bound methods of self: a reference cycle
+        # that would keep this connection's buffers (up to 16 MiB) alive
+        # until the cyclic GC runs. Break it now.
+        self._handlers = {}
         self._state.connections.discard(self)
         if self._metrics is not None:
             self._metrics.connections -= 1

@@ -65,8 +65,11 @@ class Worker:
         # The worker's cache re-checks a token with the store well inside its
         # lifetime, so an idle token expires on time in every worker.
         touch_every = min(60.0, settings.token_ttl / 4)
+        # Never more chains than the store keeps tokens: a worker would go on
+        # serving tokens the store has evicted.
+        cache_size = min(settings.conf_cache.worker_cache, settings.conf_cache.max_entries)
         store = ConfStore(
-            plugins, backend, settings.conf_cache.worker_cache, touch_every,
+            plugins, backend, cache_size, touch_every,
             options=settings.plugin_options, metrics=self.metrics,
         )  # fmt: skip
         self.state = ServerState(store, settings.call_timeout)
