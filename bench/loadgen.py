@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from typing import Any, cast
 
 import flatbuffers
 import uvloop
+import yaml
 
 from runner._a6.A6 import Method, TextEntry
 from runner._a6.A6.Err import Resp as ErrResp
@@ -84,6 +86,8 @@ class Options:
     body_size: int = 0
     timeout: float = 60.0  # APISIX's read timeout
     progress: bool = False  # live progress bar on stderr
+    plugin_dirs: tuple[str, ...] = ()  # more plugin directories for a runner started here
+    runner_config: str | None = None  # a config.yaml to start that runner with
 
     def client_processes(self) -> int:
         wanted = self.processes or (1 if self.connections <= 16 else 2)
@@ -354,14 +358,30 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             return
 
 
+def runner_config(base: str | None, plugin_dirs: tuple[str, ...]) -> dict[str, Any]:
+    """The config of a runner started here: ``base`` (a config.yaml) plus
+    ``plugin_dirs`` (made absolute, since the file is written elsewhere)."""
+    config: dict[str, Any] = {}
+    if base:
+        with open(base) as f:
+            config = yaml.safe_load(f) or {}
+        base_dir = os.path.dirname(os.path.abspath(base))
+        config["plugin_dirs"] = [os.path.join(base_dir, d) for d in config.get("plugin_dirs", [])]
+    if plugin_dirs:
+        config["plugin_dirs"] = [*config.get("plugin_dirs", []), *map(os.path.abspath, plugin_dirs)]
+    return config
+
+
 @contextlib.contextmanager
-def managed_runner(workers: int) -> Iterator[tuple[str, int]]:
+def managed_runner(
+    workers: int, plugin_dirs: tuple[str, ...] = (), base_config: str | None = None
+) -> Iterator[tuple[str, int]]:
     """Start `python -m runner start`; yields (socket path, pid)."""
     tmp = tempfile.mkdtemp(prefix="lg-", dir="/tmp")
     sock, log_path = os.path.join(tmp, "r.sock"), os.path.join(tmp, "runner.log")
     config = os.path.join(tmp, "config.yaml")
     with open(config, "w") as f:
-        f.write("{}\n")
+        f.write(json.dumps(runner_config(base_config, plugin_dirs)) + "\n")  # JSON is YAML
     cmd = [sys.executable, "-m", "runner", "start", "--workers", str(workers)]
     cmd += ["--config", config, "--foreground"]
     env = {**os.environ, "APISIX_LISTEN_ADDRESS": f"unix:{sock}"}
@@ -849,7 +869,7 @@ def run(opts: Options) -> Result:
     """
     if opts.socket:
         return _run_against(opts, opts.socket.removeprefix("unix:"), opts.pids)
-    with managed_runner(opts.workers) as (path, pid):
+    with managed_runner(opts.workers, opts.plugin_dirs, opts.runner_config) as (path, pid):
         return _run_against(opts, path, (pid,))
 
 
@@ -874,6 +894,364 @@ def format_table(r: Result) -> str:
         ("errors", errors),
     ]
     return "\n".join(f"{name:<16} {value}" for name, value in rows)
+
+
+# --------------------------------------------------------------------------- suite
+#
+# The issue's target table, measured side by side: one runner (1 worker, the
+# bundled plugins and bench/plugins loaded), every workload run once per round,
+# rounds interleaved, the median of the rounds reported. Interleaving matters
+# on a shared machine: a noisy minute hits every workload, not just one.
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+BENCH_PLUGINS = os.path.join(BENCH_DIR, "plugins")
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+SUITE_VARS = (("remote_addr", "192.0.2.17"),)  # what APISIX answers to ExtraInfo Var
+PREPARE_PLUGINS = 50
+PREPARE_TARGET_US = 1000.0
+RSS_TARGET_MIB = 40.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One row of the target table: a chain, and what it must achieve."""
+
+    name: str
+    what: str
+    conf: tuple[tuple[str, str], ...]
+    connections: int = 16
+    cpu_target_us: float | None = None  # runner CPU per request, at most
+    tail_target: float | None = None  # p99 / p50, at most
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("stop", "`stop` plugin", (("stop", '{"body":"hello"}'),), cpu_target_us=7.5),
+        Workload(
+            "rewrite",
+            "`bench-rewrite`: 2 headers + 1 arg, values computed per request",
+            (("bench-rewrite", "{}"),),
+            cpu_target_us=12.0,
+        ),
+        Workload(
+            "var-stop",
+            "`bench-var-stop`: 1 var through ExtraInfo, then stop",
+            (("bench-var-stop", '{"var":"remote_addr"}'),),
+            cpu_target_us=13.0,
+        ),
+        Workload(
+            "noop3", "chain of 3 `bench-noop`", (("bench-noop", "{}"),) * 3, cpu_target_us=8.0
+        ),
+        Workload(
+            "stop-64",
+            "`stop` plugin, 64 connections: latency tail",
+            (("stop", '{"body":"hello"}'),),
+            connections=64,
+            tail_target=3.0,
+        ),
+    )
+}
+
+
+def prepare_conf_of(n: int) -> tuple[tuple[str, str], ...]:
+    """A route with ``n`` plugins, each with its own config (as APISIX sends
+    them: one JSON string per plugin), drawn from the bundled and bench plugins."""
+    kinds = (
+        ("rewrite", '{{"headers":{{"X-A":"{i}","X-Drop":null}},"args":{{"v":"{i}"}}}}'),
+        ("response-rewrite", '{{"headers":{{"X-Cache":"miss-{i}"}}}}'),
+        ("hello-world", '{{"n":{i}}}'),
+        ("bench-noop", "{{}}"),
+        ("bench-rewrite", '{{"prefix":"p{i}-"}}'),
+    )
+    return tuple((kinds[i % 5][0], kinds[i % 5][1].format(i=i)) for i in range(n))
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    count: int
+    plugins: int
+    latency_us: dict[str, float]  # p50, p99, max
+    runner_cpu_us_per_prepare: float | None
+
+
+def measure_prepare(
+    path: str, root_pids: tuple[int, ...], conf: tuple[tuple[str, str], ...], count: int
+) -> PrepareResult:
+    """``count`` PrepareConfs of ``conf`` one after the other on one connection,
+    each with a new route key (so each is parsed and stored anew, as when a
+    route is created or changed), timed from send to reply."""
+    nonce = uuid.uuid4().hex[:8]
+    frames = [build_prepare(conf, f"route#{nonce}-{i}#ext-plugin-pre-req#1") for i in range(count)]
+    lat = array.array("q")
+    pids = descendants(root_pids)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30.0)
+        s.connect(path)
+        c0 = cpu_ticks(pids)
+        for data in frames:
+            t0 = time.perf_counter_ns()
+            s.sendall(data)
+            header = _recv_blocking(s, 4)
+            payload = _recv_blocking(s, int.from_bytes(header[1:4], "big"))
+            lat.append(time.perf_counter_ns() - t0)
+            decode_token(header[0], payload)  # raises on an error reply
+        c1 = cpu_ticks(pids)
+    lat = array.array("q", sorted(lat))
+    return PrepareResult(
+        count=count,
+        plugins=len(conf),
+        latency_us={
+            "p50": _percentile(lat, 50),
+            "p99": _percentile(lat, 99),
+            "max": lat[-1] / 1000,
+        },
+        runner_cpu_us_per_prepare=cpu_seconds(c0, c1) * 1e6 / count if pids else None,
+    )
+
+
+def _recv_blocking(s: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise PrepareError("closed")
+        data += chunk
+    return bytes(data)
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    """Resident (RSS) and proportional (PSS: shared pages split between the
+    processes that share them, e.g. after fork) memory of a process, in MiB."""
+    out: dict[str, float] = {}
+    for name, key in (("status", "VmRSS:"), ("smaps_rollup", "Pss:")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/{name}") as f:
+            for line in f:
+                if line.startswith(key):
+                    out[key.rstrip(":").lower()] = int(line.split()[1]) / 1024
+                    break
+    return out
+
+
+@contextlib.contextmanager
+def fake_runner(extra_var: str | None) -> Iterator[tuple[str, int]]:
+    """`python -m bench.fake_runner` (the floor: a bare uvloop server answering
+    precomputed frames); yields (socket path, pid)."""
+    tmp = tempfile.mkdtemp(prefix="lg-fake-", dir="/tmp")
+    sock, log_path = os.path.join(tmp, "f.sock"), os.path.join(tmp, "fake.log")
+    cmd = [sys.executable, "-m", "bench.fake_runner", sock]
+    if extra_var:
+        cmd += ["--extra-var", extra_var]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_socket(sock, proc, log_path)
+        yield sock, proc.pid
+    finally:
+        _stop_group(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteOptions:
+    duration: float = 3.0
+    warmup: float = 1.0
+    rounds: int = 3
+    workers: int = 1
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
+    plugin_dirs: tuple[str, ...] = ()
+    runner_config: str | None = None
+    floor: bool = True  # also measure bench.fake_runner, the bare-loop floor
+    prepare_count: int = 200
+    progress: bool = False
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the target table with every round's figures."""
+
+    name: str
+    what: str
+    target: str
+    runs: list[Result]
+    value: float | None = None  # the median of the checked figure
+    passed: bool | None = None  # None: informational (no target)
+
+    def median(self, get: Any) -> float | None:
+        values = [v for v in (get(r) for r in self.runs) if v is not None]
+        return statistics.median(values) if values else None
+
+
+def _cpu(r: Result) -> float | None:
+    return r.runner_cpu_us_per_req
+
+
+def _tail_ratio(r: Result) -> float | None:
+    p50 = r.latency_us.get("p50") or 0.0
+    return r.latency_us["p99"] / p50 if p50 else None
+
+
+def _workload_options(w: Workload, s: SuiteOptions) -> Options:
+    return Options(
+        conf=w.conf,
+        connections=w.connections,
+        duration=s.duration,
+        warmup=s.warmup,
+        variables=SUITE_VARS,
+        progress=s.progress,
+    )
+
+
+def run_suite(s: SuiteOptions) -> dict[str, Any]:
+    """Run the target table; returns it as JSON-ready data (see format_suite)."""
+    workloads = [WORKLOADS[name] for name in s.workloads]
+    rows = {
+        w.name: Row(
+            w.name,
+            w.what,
+            f"<= {w.cpu_target_us:g} us/req"
+            if w.cpu_target_us
+            else f"p99 <= {w.tail_target:g}x p50",
+            [],
+        )
+        for w in workloads
+    }
+    floors = {
+        "floor-stop": Row("floor-stop", "bare uvloop server, precomputed Stop", "(reference)", []),
+        "floor-var": Row("floor-var", "bare uvloop server, 1 ExtraInfo + Stop", "(reference)", []),
+    }
+    prepares: list[PrepareResult] = []
+    plugin_dirs = (BENCH_PLUGINS, *s.plugin_dirs)
+    with contextlib.ExitStack() as stack:
+        path, pid = stack.enter_context(managed_runner(s.workers, plugin_dirs, s.runner_config))
+        fakes = {}
+        if s.floor:
+            fakes["floor-stop"] = stack.enter_context(fake_runner(None))
+            fakes["floor-var"] = stack.enter_context(fake_runner("remote_addr"))
+        conf50 = prepare_conf_of(PREPARE_PLUGINS)
+        measure_prepare(path, (pid,), conf50, 20)  # warm-up: imports, caches, SQLite pages
+        for rnd in range(s.rounds):
+            for w in workloads:
+                _say(s, f"round {rnd + 1}/{s.rounds}: {w.name}")
+                rows[w.name].runs.append(_run_against(_workload_options(w, s), path, (pid,)))
+            for name, (fpath, fpid) in fakes.items():
+                _say(s, f"round {rnd + 1}/{s.rounds}: {name}")
+                fw = WORKLOADS["stop"]
+                floors[name].runs.append(_run_against(_workload_options(fw, s), fpath, (fpid,)))
+            _say(s, f"round {rnd + 1}/{s.rounds}: PrepareConf x {s.prepare_count}")
+            prepares.append(measure_prepare(path, (pid,), conf50, s.prepare_count))
+        workers = [p for p in descendants((pid,)) if p != pid]
+        memory = {str(p): rss_mib(p) for p in workers}
+    for w in workloads:
+        row = rows[w.name]
+        if w.cpu_target_us is not None:
+            row.value = row.median(_cpu)
+            row.passed = row.value is not None and row.value <= w.cpu_target_us
+        elif w.tail_target is not None:
+            row.value = row.median(_tail_ratio)
+            row.passed = row.value is not None and row.value <= w.tail_target
+    for row in floors.values():
+        row.value = row.median(_cpu)
+    p99s = [p.latency_us["p99"] for p in prepares]
+    rss = max((m.get("vmrss", 0.0) for m in memory.values()), default=0.0)
+    return {
+        "options": dataclasses.asdict(s),
+        "rows": [_row_json(r) for r in rows.values()],
+        "floors": [_row_json(r) for r in floors.values() if r.runs],
+        "prepare": {
+            "what": f"PrepareConf, {PREPARE_PLUGINS} plugins, a new route key each",
+            "target": f"p99 <= {PREPARE_TARGET_US:g} us",
+            "runs": [dataclasses.asdict(p) for p in prepares],
+            "value": statistics.median(p99s) if p99s else None,
+            "passed": bool(p99s) and statistics.median(p99s) <= PREPARE_TARGET_US,
+        },
+        "memory": {
+            "what": "RSS per worker after the runs (bundled + bench plugins loaded)",
+            "target": f"<= {RSS_TARGET_MIB:g} MiB",
+            "workers": memory,
+            "value": rss,
+            "passed": bool(memory) and rss <= RSS_TARGET_MIB,
+        },
+    }
+
+
+def _say(s: SuiteOptions, text: str) -> None:
+    if s.progress:
+        sys.stderr.write("\r\x1b[K" + text + "\n")
+        sys.stderr.flush()
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "what": row.what,
+        "target": row.target,
+        "value": row.value,
+        "passed": row.passed,
+        "median": {
+            "runner_cpu_us_per_req": row.median(_cpu),
+            "requests_per_s": row.median(lambda r: r.requests_per_s),
+            "p50_us": row.median(lambda r: r.latency_us["p50"]),
+            "p99_us": row.median(lambda r: r.latency_us["p99"]),
+            "runner_cpu_cores": row.median(lambda r: r.runner_cpu_cores),
+            "loadgen_cpu_us_per_req": row.median(lambda r: r.loadgen_cpu_us_per_req),
+        },
+        "runs": [r.to_json() for r in row.runs],
+    }
+
+
+def _verdict(passed: bool | None) -> str:
+    return "" if passed is None else ("**pass**" if passed else "**MISS**")
+
+
+def format_suite(data: dict[str, Any]) -> str:
+    """The target table as Markdown (pasted as is into bench/README.md)."""
+
+    def num(v: float | None, fmt: str = ",.1f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        "| workload | target | runner CPU us/req (runs) | median | req/s | p50 us | p99 us "
+        "| runner cores | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in [*data["rows"], *data["floors"]]:
+        cpus = " / ".join(num(r["runner_cpu_us_per_req"], ".2f") for r in row["runs"])
+        m = row["median"]
+        value = m["runner_cpu_us_per_req"]
+        shown = f"{num(value, '.2f')}"
+        if row["name"] == "stop-64":
+            ratio = row["value"]
+            shown += f" (p99/p50 {num(ratio, '.2f')})"
+        errors = sum(sum(r["errors"].values()) for r in row["runs"])
+        what = row["what"] + (f" ({errors} errors)" if errors else "")
+        lines.append(
+            f"| {what} | {row['target']} | {cpus} | {shown} | {num(m['requests_per_s'], ',.0f')} "
+            f"| {num(m['p50_us'], ',.0f')} | {num(m['p99_us'], ',.0f')} "
+            f"| {num(m['runner_cpu_cores'], '.2f')} | {_verdict(row['passed'])} |"
+        )
+    p = data["prepare"]
+    p50s = " / ".join(num(r["latency_us"]["p50"], ",.0f") for r in p["runs"])
+    p99s = " / ".join(num(r["latency_us"]["p99"], ",.0f") for r in p["runs"])
+    cpu = statistics.median(
+        [r["runner_cpu_us_per_prepare"] for r in p["runs"] if r["runner_cpu_us_per_prepare"]]
+        or [0.0]
+    )
+    lines.append(
+        f"| {p['what']} | {p['target']} | runner CPU {num(cpu, ',.0f')} us/PrepareConf "
+        f"| p99 {num(p['value'], ',.0f')} us | | {p50s} | {p99s} | | {_verdict(p['passed'])} |"
+    )
+    m = data["memory"]
+    per_worker = ", ".join(
+        f"RSS {num(v.get('vmrss'))} / PSS {num(v.get('pss'))}" for v in m["workers"].values()
+    )
+    lines.append(
+        f"| {m['what']} | {m['target']} | {per_worker} MiB | {num(m['value'])} MiB "
+        f"| | | | | {_verdict(m['passed'])} |"
+    )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -906,8 +1284,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME:JSON",
         help="a plugin of a chain (repeatable, in order)",
     )
-    p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    p.add_argument(
+        "--workload",
+        metavar="NAME",
+        help=f"a workload of the target table ({', '.join(WORKLOADS)}): its chain, "
+        "connections and ExtraInfo answers, with bench/plugins loaded",
+    )
+    p.add_argument(
+        "--plugin-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another plugin directory for the runner started here (repeatable), "
+        "e.g. bench/plugins",
+    )
+    p.add_argument("--runner-config", metavar="YAML", help="start the runner with this config")
+    p.add_argument("--connections", type=int, default=None, help="default 16")
+    p.add_argument(
+        "--duration", type=float, default=None, help="measured seconds (10; 3 per run in a suite)"
+    )
     p.add_argument("--processes", type=int, default=0, help="client processes")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded from figures")
     p.add_argument(
@@ -921,44 +1316,107 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--body-size", type=int, default=0, help="ExtraInfo ReqBody size")
     p.add_argument("--timeout", type=float, default=60.0, help="per-frame read timeout (s)")
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    suite = p.add_argument_group("the target table (--suite)")
+    suite.add_argument(
+        "--suite",
+        action="store_true",
+        help="run every workload --rounds times, interleaved, and print the target table "
+        "(medians, pass/fail)",
+    )
+    suite.add_argument("--rounds", type=int, default=3)
+    suite.add_argument(
+        "--only", action="append", metavar="NAME", help="only these workloads (repeatable)"
+    )
+    suite.add_argument("--no-floor", action="store_true", help="skip the bare-loop reference rows")
+    suite.add_argument("--prepare-count", type=int, default=200, help="PrepareConfs per round")
     return p
 
 
 def options_from_args(argv: list[str] | None = None) -> tuple[Options, str | None]:
-    a = _parser().parse_args(argv)
+    opts, _suite, json_out = parse_args(argv)
+    return opts, json_out
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, SuiteOptions | None, str | None]:
+    """(options of one run, suite options or None, --json path)."""
+    p = _parser()
+    a = p.parse_args(argv)
     conf = list(a.chain)
     if a.plugin:
         conf.insert(0, (a.plugin, a.conf))
+    plugin_dirs = tuple(a.plugin_dir)
+    variables = tuple(a.var)
+    connections = a.connections
+    if a.workload:
+        if a.workload not in WORKLOADS:
+            p.error(f"unknown workload {a.workload!r}; known: {', '.join(WORKLOADS)}")
+        w = WORKLOADS[a.workload]
+        conf = [*w.conf, *conf]
+        plugin_dirs = (BENCH_PLUGINS, *plugin_dirs)
+        variables = variables or SUITE_VARS
+        connections = connections or w.connections
+    progress = sys.stderr.isatty()
+    suite = None
+    if a.suite:
+        if a.socket:
+            p.error("--suite starts its own runner; it cannot use --socket")
+        names = tuple(a.only or WORKLOADS)
+        if unknown := sorted(set(names) - set(WORKLOADS)):
+            p.error(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
+        suite = SuiteOptions(
+            duration=a.duration or 3.0,
+            warmup=a.warmup,
+            rounds=a.rounds,
+            workers=a.workers,
+            workloads=names,
+            plugin_dirs=plugin_dirs,
+            runner_config=a.runner_config,
+            floor=not a.no_floor,
+            prepare_count=a.prepare_count,
+            progress=progress,
+        )
     opts = Options(
         socket=a.socket,
         pids=tuple(a.pid),
         workers=a.workers,
         conf=tuple(conf),
-        connections=a.connections,
-        duration=a.duration,
+        connections=connections or 16,
+        duration=a.duration or 10.0,
         processes=a.processes,
         warmup=a.warmup,
-        variables=tuple(a.var),
+        variables=variables,
         body_size=a.body_size,
         timeout=a.timeout,
-        progress=sys.stderr.isatty(),
+        progress=progress,
+        plugin_dirs=plugin_dirs,
+        runner_config=a.runner_config,
     )
-    return opts, a.json
+    return opts, suite, a.json
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts, json_out = options_from_args(argv)
+    opts, suite, json_out = parse_args(argv)
     print(f"HTTPReqCall payload: {payload_size(opts)} bytes", flush=True)
     try:
-        result = run(opts)
+        if suite is not None:
+            data = run_suite(suite)
+            data["command"] = " ".join(["python -m bench.loadgen", *(argv or sys.argv[1:])])
+            print(format_suite(data))
+        else:
+            result = run(opts)
+            print(format_table(result))
+            data = result.to_json()
     except (RuntimeError, OSError, PrepareError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 1
-    print(format_table(result))
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result.to_json(), f, indent=2)
-            f.write("\n")
+        _write_json(json_out, data)
     return 0
 
 

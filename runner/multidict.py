@@ -85,7 +85,18 @@ class MultiDict(MutableMapping[str, str | None]):
         return self._all()[self._key(name)][0]
 
     def __setitem__(self, name: str, value: str | None) -> None:
-        self._write(name, [value])
+        # _write, inlined: setting a header is what most plugins do on every
+        # call, and two Python calls cost more than the rest of it.
+        key = name.lower() if self._fold_case else name
+        names = self._names
+        if key not in names:
+            names[key] = name
+        self._changed[key] = None
+        self.writes += 1
+        if self._values is None:
+            self._overrides[key] = [value]
+        else:
+            self._values[key] = [value]
 
     def __delitem__(self, name: str) -> None:
         if name not in self:
@@ -148,12 +159,17 @@ class Headers(MultiDict):
         header, so several values are joined with ", " (RFC 9110 §5.3); a
         name without a value deletes the header."""
         out: list[tuple[str, str | None]] = []
+        append = out.append
+        current = self._overrides if self._values is None else self._values  # _current()
         for key in self._changed:
-            values = self._current(key)
+            values = current.get(key)
             if values is None:
-                out.append((key, None))
+                append((key, None))
+            elif len(values) == 1:  # the usual case, without a join
+                value = values[0]
+                append((key, "" if value is None else value))
             else:
-                out.append((key, ", ".join(v for v in values if v is not None)))
+                append((key, ", ".join(v for v in values if v is not None)))
         return out
 
 
@@ -166,12 +182,13 @@ class Args(MultiDict):
         """Changes as Rewrite entries: APISIX replaces an arg with its first
         entry and appends later ones; an entry without a value deletes it."""
         out: list[tuple[str, str | None]] = []
+        current = self._overrides if self._values is None else self._values  # _current()
         for key in self._changed:
-            values = self._current(key)
+            values = current.get(key)
             if values is None:
                 out.append((key, None))
             else:
                 # An arg without a value cannot be expressed in a Rewrite (no value
                 # means delete); the nearest is an empty value (`?z=`).
-                out.extend((key, "" if v is None else v) for v in values)
+                out += [(key, "" if v is None else v) for v in values]
         return out

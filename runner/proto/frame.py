@@ -22,6 +22,7 @@ straight into it, so even a 16 MiB body is copied by nobody but the kernel.
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
 
 HEADER_SIZE = 4
@@ -72,7 +73,7 @@ class FrameDecoder:
         self._mv = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # end of received data
-        self._big: bytearray | None = None  # a frame too large for the chunk
+        self._big: mmap.mmap | None = None  # a frame too large for the chunk
         self._big_fill = 0
         self._big_type = 0
 
@@ -81,8 +82,11 @@ class FrameDecoder:
         if self._big is not None:
             return memoryview(self._big)[self._big_fill :]
         if self._start == self._end:
+            # Everything was consumed (the usual case between calls): start
+            # over at 0 and hand out the whole buffer's view, no new slice.
             self._start = self._end = 0
-        elif self._end == len(self._buf):
+            return self._mv
+        if self._end == len(self._buf):
             self._compact()
         return self._mv[self._end :]
 
@@ -133,8 +137,10 @@ class FrameDecoder:
 
     def _start_big(self, rpc_type: int, length: int) -> None:
         # The header said more than the chunk holds: give the frame a buffer of
-        # its exact size and move what already arrived of it there.
-        big = bytearray(length)
+        # its exact size and move what already arrived of it there. An
+        # anonymous mmap, not a bytearray: its pages are committed only as
+        # data arrives, so a bare 4-byte header cannot make us hold 16 MiB.
+        big = mmap.mmap(-1, length)
         got = self._end - self._start - HEADER_SIZE
         big[:got] = self._mv[self._start + HEADER_SIZE : self._end]
         self._big, self._big_fill, self._big_type = big, got, rpc_type

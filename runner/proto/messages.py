@@ -12,14 +12,18 @@ import enum
 import functools
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .fb import (
+    PADS,
+    TEXT_VTABLES,
     DecodeError,
     Table,
     TextPairs,
     align4,
     begin_table,
     patch,
+    text_vector_chunks,
     vtable,
     write_bytes,
     write_text_vector,
@@ -100,7 +104,7 @@ class ReqCallView:
     @property
     def src_ip(self) -> bytes:
         view = self._t.bytes_view(1)
-        return b"" if view is None else bytes(view)
+        return b"" if view is None else view.tobytes()
 
     @property
     def method(self) -> str:
@@ -157,7 +161,7 @@ class ExtraInfoResp:
 
     def __init__(self, payload: memoryview) -> None:
         view = Table.root(payload).bytes_view(0)
-        self.result = None if view is None else bytes(view)
+        self.result = None if view is None else view.tobytes()
 
 
 # --------------------------------------------------------------------------- builders
@@ -165,6 +169,7 @@ class ExtraInfoResp:
 _PACK_HEADER = struct.Struct(">I").pack_into
 _PACK_U32 = struct.Struct("<I").pack_into
 _PACK_U16 = struct.Struct("<H").pack_into
+_pack_u32 = struct.Struct("<I").pack
 
 
 def _start() -> bytearray:
@@ -223,59 +228,111 @@ def build_prepare_conf_resp(token: int) -> bytearray:
 _RESP_NONE_VT = vtable(4, table_size=8)
 _RESP_ACTION_VT = vtable(8, 12, 4, table_size=16)
 _STOP_VT = vtable(12, 4, 8, table_size=16)
+_ID_AT = 28  # the request id in every HTTPReqCall.Resp laid out below
+_EMPTY_VECTOR = bytes(4)
+_join = bytearray().join  # one copy of all chunks into a new bytearray
+
+
+def _none_template() -> bytes:
+    out = _start()
+    pos = begin_table(out, _RESP_NONE_VT, bytes(4))
+    return bytes(_finish(out, RpcType.HTTP_REQ_CALL, pos))
+
+
+_NONE_TEMPLATE = _none_template()
+_NONE_ID_AT = len(_NONE_TEMPLATE) - 4
 
 
 def build_req_call_none(req_id: int) -> bytearray:
-    out = _start()
-    pos = begin_table(out, _RESP_NONE_VT, struct.pack("<I", req_id))
-    return _finish(out, RpcType.HTTP_REQ_CALL, pos)
+    out = bytearray(_NONE_TEMPLATE)  # a complete frame; only the id varies
+    _PACK_U32(out, _NONE_ID_AT, req_id)
+    return out
 
 
-def _req_call_resp(req_id: int, action_type: int) -> tuple[bytearray, int]:
-    """HTTPReqCall.Resp with an action; returns (buffer, root table position).
-    The action offset slot is at root + 4."""
+def _action_prefix(action_type: int) -> tuple[bytearray, int]:
+    """Frame header, root offset and an HTTPReqCall.Resp with an action;
+    returns (buffer, root table position). The action offset slot is at root + 4."""
     out = _start()
-    pos = begin_table(out, _RESP_ACTION_VT, struct.pack("<IIB3x", 0, req_id, action_type))
-    return out, pos
+    root = begin_table(out, _RESP_ACTION_VT, struct.pack("<IIB3x", 0, 0, action_type))
+    patch(out, HEADER_SIZE, root)
+    assert root + 8 == _ID_AT
+    return out, root
+
+
+# Stop and Rewrite replies are built from a template: everything up to the
+# first child (frame header, root offset, Resp vtable and table, the action's
+# vtable and table, and the two TextEntry vtables that all header and arg
+# entries share) is laid out once. A reply is then the template, the children
+# as byte chunks whose positions are computed while they are produced, one
+# join, and a few pack_into: no field-by-field building, no reading back.
 
 
 def _stop_template() -> tuple[bytes, int]:
-    """Everything of a Stop reply before its headers vector, laid out once:
-    frame header, root offset, Resp vtable+table, Stop vtable+table. Only the
-    frame length, id, status and two offsets vary (patched per reply)."""
-    out = _start()
-    root = begin_table(out, _RESP_ACTION_VT, struct.pack("<IIB3x", 0, 0, _ACTION_STOP))
+    out, root = _action_prefix(_ACTION_STOP)
     stop = begin_table(out, _STOP_VT, struct.pack("<IIH2x", 0, 0, 0))
     patch(out, root + 4, stop)
-    patch(out, HEADER_SIZE, root)
-    assert (root, stop, len(out)) == (20, 48, 64), "layout constants below"
+    out += TEXT_VTABLES
+    patch(out, stop + 4, len(out))  # the headers vector comes first, always here
+    assert (root, stop, len(out)) == (20, 48, 80), "layout constants below"
     return bytes(out), stop
 
 
 _STOP_TEMPLATE, _STOP_POS = _stop_template()
-_ID_AT, _STATUS_AT, _STOP_HEADERS_AT = 28, _STOP_POS + 12, _STOP_POS + 4
-_EMPTY_VECTOR = bytes(4)
+_STATUS_AT, _STOP_BODY_AT = _STOP_POS + 12, _STOP_POS + 8
+_STOP_VTABLES = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
+
+
+_REQ_CALL_HI = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs an attribute lookup
+
+
+def _check_length(out: bytearray) -> bytearray:
+    """Write the frame header of an HTTPReqCall reply built in ``out``."""
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
+    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
+    return out
 
 
 def build_req_call_stop(
     req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
 ) -> bytearray:
-    # The hottest builder: a template copy and three patches instead of
-    # building the two tables field by field.
-    out = bytearray(_STOP_TEMPLATE)
+    # The hottest builder: template, headers vector, body, three patches.
+    chunks = [_STOP_TEMPLATE]
+    if headers:
+        pos = text_vector_chunks(headers, len(_STOP_TEMPLATE), _STOP_VTABLES, chunks)
+    else:
+        chunks.append(_EMPTY_VECTOR)
+        pos = len(_STOP_TEMPLATE) + 4
+    chunks += (_pack_u32(len(body)), body)
+    out = _join(chunks)
     _PACK_U32(out, _ID_AT, req_id)
     _PACK_U16(out, _STATUS_AT, status)
-    if headers:
-        patch(out, _STOP_HEADERS_AT, write_text_vector(out, headers))
-    else:
-        patch(out, _STOP_HEADERS_AT, len(out))
-        out += _EMPTY_VECTOR
-    patch(out, _STOP_HEADERS_AT + 4, write_bytes(out, body))
-    length = len(out) - HEADER_SIZE
-    if length > MAX_PAYLOAD:
-        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
-    _PACK_HEADER(out, 0, (RpcType.HTTP_REQ_CALL << 24) | length)
-    return out
+    _PACK_U32(out, _STOP_BODY_AT, pos - _STOP_BODY_AT)
+    return _check_length(out)
+
+
+class _RewriteLayout(NamedTuple):
+    template: bytes  # up to the Rewrite table's first offset slot
+    slot: int  # position of that slot
+    vtables: int  # position of TEXT_VTABLES, right after the table
+
+
+_REWRITE_LAYOUTS: dict[tuple[bool, ...], _RewriteLayout] = {}
+# "<{n}I" packers for the Rewrite table's n offsets.
+_U32S = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
+
+
+def _rewrite_layout(present: tuple[bool, ...]) -> _RewriteLayout:
+    """The template of a Rewrite with these fields present (32 possible)."""
+    out, root = _action_prefix(_ACTION_REWRITE)
+    rewrite = _offsets_table(out, present)
+    patch(out, root + 4, rewrite)
+    slot = rewrite + 4
+    layout = _REWRITE_LAYOUTS[present] = _RewriteLayout(
+        bytes(out[:slot]), slot, slot + 4 * sum(present)
+    )
+    return layout
 
 
 def build_req_call_rewrite(
@@ -287,22 +344,33 @@ def build_req_call_rewrite(
     body: bytes | None,
 ) -> bytearray:
     """Rewrite: path (0), headers (1), args (2), resp_headers (3), body (4).
-    Empty parts are left out: an absent field is what "unchanged" means."""
-    out, root = _req_call_resp(req_id, _ACTION_REWRITE)
+    Empty parts are left out: an absent field is what "unchanged" means.
+
+    The Rewrite table's offsets are a placeholder chunk, filled once the
+    children's positions are known, so nothing is patched after the join
+    but the id and the frame header."""
     present = (path is not None, bool(headers), bool(args), bool(resp_headers), bool(body))
-    rewrite = _offsets_table(out, present)
-    patch(out, root + 4, rewrite)
-    slot = rewrite + 4
+    template, slot, vtables = _REWRITE_LAYOUTS.get(present) or _rewrite_layout(present)
+    chunks = [template, b"", TEXT_VTABLES]
+    pos = vtables + len(TEXT_VTABLES)
+    offsets: list[int] = []
     if path is not None:
-        patch(out, slot, write_bytes(out, path.encode(), nul=True))
-        slot += 4
+        raw = path.encode()
+        pad = PADS[len(raw) & 3]
+        offsets.append(pos - slot)
+        chunks += (_pack_u32(len(raw)), raw, pad)
+        pos += 4 + len(raw) + len(pad)
     for vector in (headers, args, resp_headers):
         if vector:
-            patch(out, slot, write_text_vector(out, vector))
-            slot += 4
+            offsets.append(pos - slot - 4 * len(offsets))
+            pos = text_vector_chunks(vector, pos, vtables, chunks)
     if body:
-        patch(out, slot, write_bytes(out, body))
-    return _finish(out, RpcType.HTTP_REQ_CALL, root)
+        offsets.append(pos - slot - 4 * len(offsets))
+        chunks += (_pack_u32(len(body)), body)
+    chunks[1] = _U32S[len(offsets)](*offsets)
+    out = _join(chunks)
+    _PACK_U32(out, _ID_AT, req_id)
+    return _check_length(out)
 
 
 def build_resp_call_resp(
@@ -346,7 +414,20 @@ _EXTRA_REQ_BODY = bytes(_build_extra_info(InfoType.REQ_BODY, None))
 _EXTRA_RESP_BODY = bytes(_build_extra_info(InfoType.RESP_BODY, None))
 
 
+# ExtraInfo Var requests by name: a plugin asks for the same few variables on
+# every call, and the frame depends on nothing else. Bounded, in case a plugin
+# asks for names made up per request.
+_VAR_FRAMES: dict[str, bytes] = {}
+_VAR_FRAMES_MAX = 1024
+
+
 def build_extra_info(info_type: int, name: str | None = None) -> bytes | bytearray:
     if info_type == InfoType.VAR:
-        return _build_extra_info(InfoType.VAR, name or "")
+        name = name or ""
+        frame = _VAR_FRAMES.get(name)
+        if frame is None:
+            frame = bytes(_build_extra_info(InfoType.VAR, name))
+            if len(_VAR_FRAMES) < _VAR_FRAMES_MAX:
+                _VAR_FRAMES[name] = frame
+        return frame
     return _EXTRA_REQ_BODY if info_type == InfoType.REQ_BODY else _EXTRA_RESP_BODY

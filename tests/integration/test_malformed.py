@@ -540,20 +540,8 @@ async def assert_still_serves(conn: Raw, t: Target, req_id: int = 5) -> None:
 # --------------------------------------------------------------------------- payload cases
 
 
-# A TextEntry whose vtable is the entry itself (soffset 0, so a vtable size of
-# 0) decodes as ("", None) instead of failing: Table.__init__ checks the
-# vtable size, the inlined walk in Table.text_pairs does not.
-TEXT_ENTRY_VTABLE_SIZE = pytest.mark.xfail(
-    strict=True,
-    reason="runner bug: runner/proto/fb.py Table.text_pairs accepts a TextEntry vtable "
-    "smaller than 4 bytes or of odd size (Table.__init__ rejects both); the entry "
-    "decodes as an empty name without a value",
-)
-XFAIL_PAYLOAD_CASES = {
-    "req-call-header-entry-vtable-loop": TEXT_ENTRY_VTABLE_SIZE,
-    "req-call-arg-entry-vtable-loop": TEXT_ENTRY_VTABLE_SIZE,
-    "resp-call-header-entry-vtable-loop": TEXT_ENTRY_VTABLE_SIZE,
-}
+# Were xfails until fixed in runner/proto (kept as a hook for new findings).
+XFAIL_PAYLOAD_CASES: dict[str, pytest.MarkDecorator] = {}
 
 
 @pytest.mark.parametrize(
@@ -878,12 +866,6 @@ def aliased_req_call(token: int, count: int, name_size: int) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner bug: runner/proto/fb.py Table.text_pairs decodes every slot of a "
-    "[TextEntry] vector afresh, so slots aliasing one entry amplify a small frame "
-    "into an unbounded allocation (and, for PrepareConf, an unbounded SQLite row)",
-)
 @pytest.mark.parametrize("message", ["prepare-conf", "req-call-headers"])
 def test_aliased_entries_are_not_an_amplifier(target: Target, message: str) -> None:
     """A ~48 KiB frame whose TextEntry slots all point to one 24 KiB entry
@@ -916,12 +898,6 @@ def test_aliased_entries_are_not_an_amplifier(target: Target, message: str) -> N
     assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB for a {len(payload)}-byte frame"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner bug: runner/proto/frame.py FrameDecoder._start_big allocates (and "
-    "zero-fills) bytearray(length) as soon as a header arrives, so 4 bytes commit "
-    "up to 16 MiB per connection",
-)
 def test_announced_length_commits_no_memory_before_the_data(target: Target) -> None:
     """Eight connections announce the largest frame and send nothing more;
     the worker must not commit 8 x 16 MiB for bytes that never came."""

@@ -399,7 +399,9 @@ def test_tokens_resolve_in_every_worker(runner_factory: RunnerFactory) -> None:
         elapsed = time.monotonic() - started
         assert not errors, errors
         assert not wrong, wrong[:5]
-        assert len(served_by) >= 2, served_by
+        # Which worker accepts each connection is the kernel's choice (on a
+        # loaded machine one may take them all); cross_worker above already
+        # proved tokens resolve in a worker that did not issue them.
         print(f"{CALLS} calls on {CONNECTIONS} connections in {elapsed:.2f} s; by {served_by}")
 
     arun(scenario(), timeout=60)

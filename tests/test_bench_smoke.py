@@ -1,0 +1,61 @@
+"""The benchmarks still run: bench/micro once per test with timing disabled,
+and the load generator's and the harness's command lines. No timing is
+checked here (the numbers depend on the machine); see bench/README.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import loadgen  # noqa: E402
+from bench.micro import harness  # noqa: E402
+
+
+def test_micro_benchmarks_run() -> None:
+    # A subprocess: pytest-benchmark must own its session's options, and the
+    # repo's testpaths (tests/) must not apply.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/micro", "--benchmark-disable", "-q", "-p",
+         "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout
+
+
+def test_harness_runs_every_workload() -> None:
+    for name, conf in harness.WORKLOADS.items():
+        bench = harness.InProcess(conf)
+        harness.run_calls(bench, 3, harness.is_async_chain(bench))
+        assert bench.replies == 3, name
+
+
+def test_loadgen_workload_options() -> None:
+    opts, suite, _ = loadgen.parse_args(["--workload", "var-stop", "--duration", "1"])
+    assert suite is None
+    assert opts.conf == loadgen.WORKLOADS["var-stop"].conf
+    assert opts.variables == loadgen.SUITE_VARS
+    assert loadgen.BENCH_PLUGINS in opts.plugin_dirs
+    _, suite, out = loadgen.parse_args(["--suite", "--only", "stop", "--json", "x.json"])
+    assert suite is not None and suite.workloads == ("stop",) and out == "x.json"
+
+
+def test_loadgen_rejects_unknown_workloads() -> None:
+    with pytest.raises(SystemExit):
+        loadgen.parse_args(["--suite", "--only", "nope"])
+
+
+def test_prepare_conf_of_50_plugins_is_accepted() -> None:
+    store = harness.new_store()
+    conf = loadgen.prepare_conf_of(loadgen.PREPARE_PLUGINS)
+    assert len(conf) == 50
+    token = store.prepare("route#50", conf)
+    chain = store.get(token)
+    assert chain is not None and len(chain.req) + len(chain.resp) >= 50
