@@ -1,9 +1,12 @@
 """A load generator that talks to a plugin runner the way APISIX does.
 
     python -m bench.loadgen [--socket PATH --pid PID ... | --workers N]
-        [--plugin NAME] [--conf JSON] [--chain NAME:JSON ...]
+        [--workload NAME | --plugin NAME [--conf JSON] | --chain NAME:JSON ...]
+        [--plugin-dir DIR ...] [--runner-config YAML]
         [--connections 16] [--duration 10] [--processes P] [--warmup 1]
         [--var NAME=VALUE ...] [--body-size N] [--timeout 60] [--json OUT]
+    python -m bench.loadgen --suite [--rounds 3] [--duration 3] [--only NAME ...]
+        [--no-floor] [--prepare-count 200] [--json OUT]
 
 Like APISIX it keeps Unix-socket connections alive, prepares the conf once
 (PrepareConf, key "route#1#ext-plugin-pre-req#1"), then sends one HTTPReqCall
@@ -11,8 +14,16 @@ at a time per connection, answers the runner's ExtraInfo requests, re-prepares
 on CONF_TOKEN_NOT_FOUND and reopens a connection after any error.
 
 Without --socket it starts `python -m runner start --workers N --foreground`
-itself and measures that process and all its descendants. With --socket it
-measures the --pid processes (and their descendants).
+itself (with --plugin-dir directories and --runner-config) and measures that
+process and all its descendants. With --socket it measures the --pid
+processes (and their descendants).
+
+--workload NAME runs one row of the issue's target table (WORKLOADS: the
+chain, its connections, the ExtraInfo answers, bench/plugins loaded).
+--suite runs the whole table against one runner, every workload --rounds
+times interleaved, plus the bare-loop floor (bench.fake_runner), PrepareConf
+latency for 50 plugins and the workers' RSS, and prints medians with the
+target and pass/fail as Markdown.
 
 Frames are built once per client process with the flatc-generated code in
 runner/_a6, never with runner.proto, so that a codec bug in the runner cannot
@@ -316,6 +327,18 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
         if fields is not None:
             ticks[pid] = int(fields[11]) + int(fields[12])
     return ticks
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """Nanoseconds on CPU of every thread of ``pids`` (/proc/<pid>/task/*/schedstat):
+    precise where clock ticks are too coarse, e.g. for a few hundred PrepareConfs."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+    return total
 
 
 def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
@@ -988,7 +1011,7 @@ def measure_prepare(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(30.0)
         s.connect(path)
-        c0 = cpu_ticks(pids)
+        c0 = cpu_ns(pids)
         for data in frames:
             t0 = time.perf_counter_ns()
             s.sendall(data)
@@ -996,7 +1019,7 @@ def measure_prepare(
             payload = _recv_blocking(s, int.from_bytes(header[1:4], "big"))
             lat.append(time.perf_counter_ns() - t0)
             decode_token(header[0], payload)  # raises on an error reply
-        c1 = cpu_ticks(pids)
+        c1 = cpu_ns(pids)
     lat = array.array("q", sorted(lat))
     return PrepareResult(
         count=count,
@@ -1006,7 +1029,7 @@ def measure_prepare(
             "p99": _percentile(lat, 99),
             "max": lat[-1] / 1000,
         },
-        runner_cpu_us_per_prepare=cpu_seconds(c0, c1) * 1e6 / count if pids else None,
+        runner_cpu_us_per_prepare=(c1 - c0) / 1000 / count if pids else None,
     )
 
 
@@ -1130,8 +1153,8 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
         if s.floor:
             fakes["floor-stop"] = stack.enter_context(fake_runner(None))
             fakes["floor-var"] = stack.enter_context(fake_runner("remote_addr"))
-        conf50 = prepare_conf_of(PREPARE_PLUGINS)
-        measure_prepare(path, (pid,), conf50, 20)  # warm-up: imports, caches, SQLite pages
+        workers = [p for p in descendants((pid,)) if p != pid]
+        at_start = {str(p): rss_mib(p) for p in workers}
         for rnd in range(s.rounds):
             for w in workloads:
                 _say(s, f"round {rnd + 1}/{s.rounds}: {w.name}")
@@ -1140,10 +1163,16 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
                 _say(s, f"round {rnd + 1}/{s.rounds}: {name}")
                 fw = WORKLOADS["stop"]
                 floors[name].runs.append(_run_against(_workload_options(fw, s), fpath, (fpid,)))
+        # Memory before the PrepareConf rounds: each of their routes leaves a
+        # 50-plugin chain in the worker's cache (~20 KiB each), which says
+        # nothing about the footprint of the runner and its plugins.
+        memory = {str(p): rss_mib(p) for p in workers}
+        conf50 = prepare_conf_of(PREPARE_PLUGINS)
+        measure_prepare(path, (pid,), conf50, 20)  # warm-up: caches, SQLite pages
+        for rnd in range(s.rounds):
             _say(s, f"round {rnd + 1}/{s.rounds}: PrepareConf x {s.prepare_count}")
             prepares.append(measure_prepare(path, (pid,), conf50, s.prepare_count))
-        workers = [p for p in descendants((pid,)) if p != pid]
-        memory = {str(p): rss_mib(p) for p in workers}
+        after_prepares = {str(p): rss_mib(p) for p in workers}
     for w in workloads:
         row = rows[w.name]
         if w.cpu_target_us is not None:
@@ -1168,9 +1197,11 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
             "passed": bool(p99s) and statistics.median(p99s) <= PREPARE_TARGET_US,
         },
         "memory": {
-            "what": "RSS per worker after the runs (bundled + bench plugins loaded)",
+            "what": "RSS per worker after the request runs (bundled + bench plugins loaded)",
             "target": f"<= {RSS_TARGET_MIB:g} MiB",
             "workers": memory,
+            "at_start": at_start,
+            "after_prepares": after_prepares,
             "value": rss,
             "passed": bool(memory) and rss <= RSS_TARGET_MIB,
         },
@@ -1245,10 +1276,13 @@ def format_suite(data: dict[str, Any]) -> str:
     )
     m = data["memory"]
     per_worker = ", ".join(
-        f"RSS {num(v.get('vmrss'))} / PSS {num(v.get('pss'))}" for v in m["workers"].values()
+        f"RSS {num(v.get('vmrss'))} / PSS {num(v.get('pss'))} MiB "
+        f"(at start {num(m['at_start'].get(pid, {}).get('vmrss'))}, after the PrepareConfs "
+        f"{num(m['after_prepares'].get(pid, {}).get('vmrss'))})"
+        for pid, v in m["workers"].items()
     )
     lines.append(
-        f"| {m['what']} | {m['target']} | {per_worker} MiB | {num(m['value'])} MiB "
+        f"| {m['what']} | {m['target']} | {per_worker} | {num(m['value'])} MiB "
         f"| | | | | {_verdict(m['passed'])} |"
     )
     return "\n".join(lines)

@@ -175,12 +175,12 @@ class Request:
         return n if h is None else n + h.writes
 
     def header_changes(self) -> list[tuple[str, str | None]]:
-        h = self._headers
-        return h.rewrite_entries() if h is not None and h.changed else []
+        h = self._headers  # rewrite_entries() of an unchanged dict is [] (no .changed call)
+        return [] if h is None else h.rewrite_entries()
 
     def arg_changes(self) -> list[tuple[str, str | None]]:
         a = self._args
-        return a.rewrite_entries() if a is not None and a.changed else []
+        return [] if a is None else a.rewrite_entries()
 
 
 class Response:

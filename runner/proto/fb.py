@@ -173,12 +173,24 @@ class Table:
         return None if count < 0 else self.buf[start : start + count]
 
     def string(self, fid: int) -> str | None:
-        start, count = self._vector(fid, 1)
-        if count < 0:
+        # _vector(fid, 1) written out: the path is read on most calls.
+        offs = self.offs
+        off = offs[fid] if fid < len(offs) else self._offset(fid)
+        if not off:
             return None
+        buf, size = self.buf, self.size
+        pos = self.pos + off
+        if pos + 4 > size:
+            raise DecodeError(f"field {fid} outside the buffer")
+        vec = pos + u32_at(buf, pos)[0]
+        if vec + 4 > size:
+            raise DecodeError(f"vector {fid} outside the buffer")
+        end = vec + 4 + u32_at(buf, vec)[0]
+        if end > size:
+            raise DecodeError(f"vector {fid} of {end - vec - 4} elements overruns the buffer")
         try:
             # tobytes().decode() is ~25% faster than str(view, "utf-8"): no codec lookup.
-            return self.buf[start : start + count].tobytes().decode()
+            return buf[vec + 4 : end].tobytes().decode()
         except UnicodeDecodeError as exc:
             raise DecodeError(f"field {fid} is not UTF-8: {exc}") from None
 

@@ -26,7 +26,6 @@ from .fb import (
     text_vector_chunks,
     vtable,
     write_bytes,
-    write_text_vector,
 )
 from .frame import HEADER_SIZE, MAX_PAYLOAD, FrameTooLarge, RpcType
 
@@ -283,21 +282,13 @@ _STOP_VTABLES = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
 
 
 _REQ_CALL_HI = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs an attribute lookup
-
-
-def _check_length(out: bytearray) -> bytearray:
-    """Write the frame header of an HTTPReqCall reply built in ``out``."""
-    length = len(out) - HEADER_SIZE
-    if length > MAX_PAYLOAD:
-        raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
-    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
-    return out
+_TOO_LARGE = "the max length of a frame is {} but got {}"
 
 
 def build_req_call_stop(
     req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
 ) -> bytearray:
-    # The hottest builder: template, headers vector, body, three patches.
+    # The hottest builder: template, headers vector, body, four patches.
     chunks = [_STOP_TEMPLATE]
     if headers:
         pos = text_vector_chunks(headers, len(_STOP_TEMPLATE), _STOP_VTABLES, chunks)
@@ -306,10 +297,14 @@ def build_req_call_stop(
         pos = len(_STOP_TEMPLATE) + 4
     chunks += (_pack_u32(len(body)), body)
     out = _join(chunks)
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
+    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
     _PACK_U32(out, _ID_AT, req_id)
     _PACK_U16(out, _STATUS_AT, status)
     _PACK_U32(out, _STOP_BODY_AT, pos - _STOP_BODY_AT)
-    return _check_length(out)
+    return out
 
 
 class _RewriteLayout(NamedTuple):
@@ -318,21 +313,22 @@ class _RewriteLayout(NamedTuple):
     vtables: int  # position of TEXT_VTABLES, right after the table
 
 
-_REWRITE_LAYOUTS: dict[tuple[bool, ...], _RewriteLayout] = {}
-# "<{n}I" packers for the Rewrite table's n offsets.
-_U32S = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
-
-
-def _rewrite_layout(present: tuple[bool, ...]) -> _RewriteLayout:
-    """The template of a Rewrite with these fields present (32 possible)."""
+def _rewrite_layout(mask: int) -> _RewriteLayout:
+    """The template of a Rewrite whose present fields are the bits of
+    ``mask``: path 1, headers 2, args 4, resp_headers 8, body 16."""
+    present = [bool(mask >> field & 1) for field in range(5)]
     out, root = _action_prefix(_ACTION_REWRITE)
     rewrite = _offsets_table(out, present)
     patch(out, root + 4, rewrite)
     slot = rewrite + 4
-    layout = _REWRITE_LAYOUTS[present] = _RewriteLayout(
-        bytes(out[:slot]), slot, slot + 4 * sum(present)
-    )
-    return layout
+    return _RewriteLayout(bytes(out[:slot]), slot, slot + 4 * sum(present))
+
+
+# Every one of the 32 shapes, indexed by the mask: a list index, no dict and
+# no tuple of bools to build per reply.
+_REWRITE_LAYOUTS = [_rewrite_layout(mask) for mask in range(32)]
+# "<{n}I" packers for the Rewrite table's n offsets.
+_U32S = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
 
 
 def build_req_call_rewrite(
@@ -349,8 +345,10 @@ def build_req_call_rewrite(
     The Rewrite table's offsets are a placeholder chunk, filled once the
     children's positions are known, so nothing is patched after the join
     but the id and the frame header."""
-    present = (path is not None, bool(headers), bool(args), bool(resp_headers), bool(body))
-    template, slot, vtables = _REWRITE_LAYOUTS.get(present) or _rewrite_layout(present)
+    template, slot, vtables = _REWRITE_LAYOUTS[
+        (path is not None) | (2 if headers else 0) | (4 if args else 0)
+        | (8 if resp_headers else 0) | (16 if body else 0)
+    ]  # fmt: skip
     chunks = [template, b"", TEXT_VTABLES]
     pos = vtables + len(TEXT_VTABLES)
     offsets: list[int] = []
@@ -369,8 +367,40 @@ def build_req_call_rewrite(
         chunks += (_pack_u32(len(body)), body)
     chunks[1] = _U32S[len(offsets)](*offsets)
     out = _join(chunks)
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
+    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
     _PACK_U32(out, _ID_AT, req_id)
-    return _check_length(out)
+    return out
+
+
+class _RespCallLayout(NamedTuple):
+    template: bytes  # frame header, root offset, the Resp table, TEXT_VTABLES
+    headers_at: int  # the headers offset slot (when present)
+    body_at: int  # the body offset slot (when present)
+    id_at: int
+    vtables: int
+
+
+def _resp_call_layout(has_headers: bool, has_body: bool) -> _RespCallLayout:
+    out = _start()
+    n = has_headers + has_body
+    offsets = [4 + 4 * n, 8 + 4 * n]
+    offsets.append(4 if has_headers else 0)
+    offsets.append(4 + 4 * has_headers if has_body else 0)
+    inline = b"\0" * (4 * n) + struct.pack("<IH2x", 0, 0)
+    pos = begin_table(out, _vt(*offsets, table_size=4 + len(inline)), inline)
+    patch(out, HEADER_SIZE, pos)
+    vtables = len(out)
+    out += TEXT_VTABLES
+    return _RespCallLayout(bytes(out), pos + 4, pos + 4 + 4 * has_headers, pos + 4 + 4 * n, vtables)
+
+
+# By (headers present) + 2 * (body present).
+_RESP_CALL_LAYOUTS = [_resp_call_layout(bool(m & 1), bool(m & 2)) for m in range(4)]
+_RESP_CALL_HI = int(RpcType.HTTP_RESP_CALL) << 24
+_PACK_ID_STATUS = struct.Struct("<IH").pack_into
 
 
 def build_resp_call_resp(
@@ -380,20 +410,27 @@ def build_resp_call_resp(
     body: bytes | None,
 ) -> bytearray:
     """HTTPRespCall.Resp: id (0), status (1), headers (2), body (3).
-    ``headers`` None means "keep the upstream's"; see PROTOCOL.md §6.8."""
-    out = _start()
-    has_headers, has_body = headers is not None, bool(body)
-    n = has_headers + has_body
-    offsets = [4 + 4 * n, 8 + 4 * n]
-    offsets.append(4 if has_headers else 0)
-    offsets.append(4 + 4 * has_headers if has_body else 0)
-    inline = b"\0" * (4 * n) + struct.pack("<IH2x", req_id, status)
-    pos = begin_table(out, _vt(*offsets, table_size=4 + len(inline)), inline)
+    ``headers`` None means "keep the upstream's"; see PROTOCOL.md §6.8.
+    Built like a Rewrite: a template per shape, the children as chunks."""
+    has_headers = headers is not None
+    layout = _RESP_CALL_LAYOUTS[has_headers | (2 if body else 0)]
+    chunks = [layout.template]
+    pos = len(layout.template)
     if headers is not None:
-        patch(out, pos + 4, write_text_vector(out, headers))
+        pos = text_vector_chunks(headers, pos, layout.vtables, chunks)
     if body:
-        patch(out, pos + 4 + 4 * has_headers, write_bytes(out, body))
-    return _finish(out, RpcType.HTTP_RESP_CALL, pos)
+        chunks += (_pack_u32(len(body)), body)
+    out = _join(chunks)
+    length = len(out) - HEADER_SIZE
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
+    _PACK_HEADER(out, 0, _RESP_CALL_HI | length)
+    _PACK_ID_STATUS(out, layout.id_at, req_id, status)
+    if has_headers:
+        _PACK_U32(out, layout.headers_at, len(layout.template) - layout.headers_at)
+    if body:
+        _PACK_U32(out, layout.body_at, pos - layout.body_at)
+    return out
 
 
 def _build_extra_info(info_type: int, name: str | None) -> bytearray:
