@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from runner import Plugin, Request, Response
+from runner.outage import OutageLog, describe
 
 if TYPE_CHECKING:
     import aiohttp
@@ -52,8 +53,6 @@ POOL_SIZE = 100
 # A small body is read so its connection goes back to the pool; a bigger or
 # chunked one is not read and the connection is closed instead.
 DRAIN_LIMIT = 64 * 1024
-# While the service stays down, remind the log at most this often.
-REMIND_EVERY_S = 60.0
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -123,37 +122,6 @@ class AuthFailed(Exception):
     """The auth service gave no definite answer (never cached)."""
 
 
-class _Health:
-    """Logs an auth service going down once and its recovery once."""
-
-    def __init__(self, url: str) -> None:
-        self.url = shown(url)
-        self.failures = 0
-        self.since = 0.0
-        self.reminded = 0.0
-
-    def failed(self, reason: str) -> None:
-        now = time.monotonic()
-        self.failures += 1
-        if self.failures == 1:
-            self.since = self.reminded = now
-            log.error("async-auth: %s failed (%s); answering the error status", self.url, reason)
-        elif now - self.reminded >= REMIND_EVERY_S:
-            self.reminded = now
-            log.error(
-                "async-auth: %s still failing after %.0f s, %d requests (%s)",
-                self.url, now - self.since, self.failures, reason,
-            )  # fmt: skip
-
-    def succeeded(self) -> None:
-        if self.failures:
-            log.warning(
-                "async-auth: %s is back after %.1f s, %d failed requests",
-                self.url, time.monotonic() - self.since, self.failures,
-            )  # fmt: skip
-            self.failures = 0
-
-
 class _DecisionCache:
     """Definite answers by digest, each with its own expiry, LRU-bounded."""
 
@@ -200,7 +168,7 @@ class _WorkerState:
         self.errors: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
         self.cache = _DecisionCache(CACHE_MAX_ENTRIES)
         self.inflight: dict[bytes, asyncio.Task[Decision]] = {}
-        self.health: dict[str, _Health] = {}
+        self.health: dict[str, OutageLog] = {}
 
     def current(self) -> bool:
         return self.pid == os.getpid() and self.loop is asyncio.get_running_loop()
@@ -234,10 +202,12 @@ class _WorkerState:
             task.cancel()
         await self.session.close()
 
-    def health_of(self, url: str) -> _Health:
+    def health_of(self, url: str) -> OutageLog:
         health = self.health.get(url)
         if health is None:
-            health = self.health[url] = _Health(url)
+            health = self.health[url] = OutageLog(
+                log, f"async-auth: {shown(url)}", "answering the error status"
+            )
         return health
 
 
@@ -329,18 +299,13 @@ async def _ask(
         async with asyncio.timeout(conf.timeout):
             status, headers = await _exchange(state.session, conf, forwarded)
     except state.errors as exc:
-        health.failed(_reason(exc))
+        health.failed(describe(exc))
         raise AuthFailed from exc
     if 200 <= status < 300 or status in (401, 403):
         health.succeeded()
         return Decision(True, headers) if status < 300 else Decision(False)
     health.failed(f"answered {status}")
     raise AuthFailed
-
-
-def _reason(exc: BaseException) -> str:
-    # TimeoutError and some aiohttp errors have no message of their own.
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _exchange(

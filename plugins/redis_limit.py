@@ -32,13 +32,13 @@ import logging
 import math
 import os
 import re
-import time
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 from runner import Plugin, Request, Response
+from runner.outage import OutageLog
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -69,8 +69,6 @@ return {0, 0, tonumber(oldest[2]) + window - now}
 # Connections per worker per Redis; a request waiting for one is still bounded
 # by its route's timeout.
 POOL_SIZE = 64
-# While Redis stays down, remind the log at most this often (not per request).
-REMIND_EVERY_S = 60.0
 # Key values longer than this are hashed, so a huge header makes a short key.
 MAX_KEY_VALUE = 128
 
@@ -164,42 +162,6 @@ class Route(NamedTuple):
         return cls(conf, kind, name, window_us, str(conf.max_requests), body)
 
 
-class _Health:
-    """Logs a Redis going down once and its recovery once, not every request."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.failures = 0
-        self.since = 0.0
-        self.reminded = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.failures += 1
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self.failures == 1:
-            self.since = self.reminded = now
-            log.error(
-                "redis-limit: Redis %s unavailable (%s); routes with fail_open allow "
-                "requests, the others answer 503",
-                self.where, reason,
-            )  # fmt: skip
-        elif now - self.reminded >= REMIND_EVERY_S:
-            self.reminded = now
-            log.error(
-                "redis-limit: Redis %s still unavailable after %.0f s, %d requests (%s)",
-                self.where, now - self.since, self.failures, reason,
-            )  # fmt: skip
-
-    def succeeded(self) -> None:
-        if self.failures:
-            log.warning(
-                "redis-limit: Redis %s is back after %.1f s, %d failed requests",
-                self.where, time.monotonic() - self.since, self.failures,
-            )  # fmt: skip
-            self.failures = 0
-
-
 class _Backend:
     """One Redis of this worker: client, pool, the registered script, health."""
 
@@ -224,7 +186,11 @@ class _Backend:
         self.client: Redis = Redis(connection_pool=pool)
         self.script: AsyncScript = self.client.register_script(SLIDING_LOG)
         self.errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-        self.health = _Health(redacted(url))
+        self.health = OutageLog(
+            log,
+            f"redis-limit: Redis {redacted(url)}",
+            "routes with fail_open allow requests, the others answer 503",
+        )
 
 
 class _WorkerState:
@@ -293,7 +259,9 @@ class RedisLimit(Plugin):
                     keys=[key], args=[conf.max_requests, route.window_us, state.member()]
                 )
         except backend.errors as exc:
-            backend.health.failed(exc)
+            backend.health.failed(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
             if not conf.fail_open:
                 response.stop(503, UNAVAILABLE_BODY, JSON)
             return
