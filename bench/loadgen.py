@@ -60,7 +60,7 @@ import flatbuffers
 import uvloop
 import yaml
 
-from runner._a6.A6 import Method, TextEntry
+from runner._a6.A6 import Method
 from runner._a6.A6.Err import Resp as ErrResp
 from runner._a6.A6.ExtraInfo import Info as XInfo
 from runner._a6.A6.ExtraInfo import Req as XReq
@@ -69,6 +69,7 @@ from runner._a6.A6.ExtraInfo import Var as XVar
 from runner._a6.A6.HTTPReqCall import Req as CallReq
 from runner._a6.A6.PrepareConf import Req as PrepReq
 from runner._a6.A6.PrepareConf import Resp as PrepResp
+from runner.testing import text_vector
 
 RPC_ERROR, RPC_PREPARE_CONF, RPC_HTTP_REQ_CALL, RPC_EXTRA_INFO = 0, 1, 2, 3
 ERR_KINDS = {0: "bad_request", 1: "service_unavailable", 2: "conf_token_not_found"}
@@ -132,27 +133,9 @@ def frame(kind: int, payload: bytes) -> bytes:
     return bytes([kind]) + len(payload).to_bytes(3, "big") + payload
 
 
-def _text_entries(b: flatbuffers.Builder, entries: list[tuple[str, str | None]]) -> int:
-    """Build a [TextEntry] vector; returns its offset."""
-    offsets = []
-    for name, value in entries:
-        name_off = b.CreateString(name)
-        value_off = None if value is None else b.CreateString(value)
-        TextEntry.Start(b)
-        TextEntry.AddName(b, name_off)
-        if value_off is not None:
-            TextEntry.AddValue(b, value_off)
-        offsets.append(TextEntry.End(b))
-    b.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        b.PrependUOffsetTRelative(off)
-    end: int = b.EndVector()
-    return end
-
-
 def build_prepare(conf: tuple[tuple[str, str], ...], key: str = PREPARE_KEY) -> bytes:
     b = flatbuffers.Builder(256)
-    conf_off = _text_entries(b, list(conf)) if conf else None
+    conf_off = text_vector(b, list(conf)) if conf else None
     key_off = b.CreateString(key)
     PrepReq.Start(b)
     if conf_off is not None:
@@ -210,8 +193,8 @@ def build_call(spec: RequestSpec, token: int) -> bytes:
     b = flatbuffers.Builder(1024)
     src_ip = b.CreateByteVector(spec.src_ip)
     path = b.CreateString(spec.path)
-    args = _text_entries(b, list(spec.args))
-    headers = _text_entries(b, list(spec.headers))
+    args = text_vector(b, list(spec.args))
+    headers = text_vector(b, list(spec.headers))
     CallReq.Start(b)
     CallReq.AddId(b, REQUEST_ID)
     CallReq.AddSrcIp(b, src_ip)

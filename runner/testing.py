@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -87,6 +87,7 @@ __all__ = [
     "encode_frame",
     "parse_req_call_resp",
     "parse_resp_call_resp",
+    "text_vector",
 ]
 
 # RPC type numbers (first byte of every frame).
@@ -243,7 +244,7 @@ def _string(b: Any, s: str) -> Any:
     return b.CreateString(s.encode(_ENC, _ERRS))
 
 
-def _text_entries(b: Any, entries: list[tuple[str, str | None]] | list[tuple[str, str]]) -> Any:
+def _text_entries(b: Any, entries: Iterable[tuple[str, str | None]]) -> Any:
     """Create each TextEntry table, return their offsets (vector built by caller)."""
     offsets = []
     for name, value in entries:
@@ -255,6 +256,14 @@ def _text_entries(b: Any, entries: list[tuple[str, str | None]] | list[tuple[str
             TextEntryMod.AddValue(b, value_off)
         offsets.append(TextEntryMod.End(b))
     return offsets
+
+
+def text_vector(b: Any, entries: Iterable[tuple[str, str | None]], start_vector: Any = None) -> Any:
+    """Build a ``[TextEntry]`` vector with the flatc-generated code; returns its
+    offset. ``start_vector`` is the table's ``Start<Field>Vector`` (all are
+    ``StartVector(4, n, 4)``, the default)."""
+    start = start_vector or (lambda b, n: b.StartVector(4, n, 4))
+    return _offset_vector(b, start, _text_entries(b, entries))
 
 
 def _offset_vector(b: Any, start_vector: Any, offsets: list[Any]) -> Any:

@@ -16,7 +16,6 @@ from typing import Any
 import flatbuffers
 import pytest
 
-from runner._a6.A6 import TextEntry as TextEntryMod
 from runner._a6.A6.Err import Resp as ErrResp
 from runner._a6.A6.ExtraInfo import Req as ExtraInfoReq
 from runner._a6.A6.ExtraInfo import ReqBody as ReqBodyMod
@@ -46,6 +45,7 @@ from runner.testing import (
     build_req_call,
     build_resp_call,
     encode_frame,
+    text_vector,
 )
 
 # ----------------------------------------------------------------- runner-side helpers
@@ -67,22 +67,6 @@ async def write_frame(writer: Writer, rpc_type: int, payload: bytes) -> None:
 
 def entries(length: Any, get: Any) -> list[tuple[bytes, bytes | None]]:
     return [(get(i).Name(), get(i).Value()) for i in range(length())]
-
-
-def text_vector(b: Any, start_vector: Any, items: list[tuple[str, str | None]]) -> Any:
-    offs = []
-    for name, value in items:
-        n = b.CreateString(name)
-        v = None if value is None else b.CreateString(value)
-        TextEntryMod.Start(b)
-        TextEntryMod.AddName(b, n)
-        if v is not None:
-            TextEntryMod.AddValue(b, v)
-        offs.append(TextEntryMod.End(b))
-    start_vector(b, len(offs))
-    for off in reversed(offs):
-        b.PrependUOffsetTRelative(off)
-    return b.EndVector()
 
 
 def finish(b: Any, root: Any) -> bytes:
@@ -134,7 +118,7 @@ def stop_resp(
     id: int, status: int, headers: list[tuple[str, str | None]], body: bytes | None
 ) -> bytes:
     b = flatbuffers.Builder(1024)
-    hv = text_vector(b, StopMod.StartHeadersVector, headers)
+    hv = text_vector(b, headers, StopMod.StartHeadersVector)
     bv = None if body is None else b.CreateByteVector(body)
     StopMod.Start(b)
     StopMod.AddStatus(b, status)
@@ -158,8 +142,8 @@ def rewrite_resp(
 ) -> bytes:
     b = flatbuffers.Builder(1024)
     p = b.CreateString(path)
-    hv = text_vector(b, RewriteMod.StartHeadersVector, headers)
-    av = text_vector(b, RewriteMod.StartArgsVector, args)
+    hv = text_vector(b, headers, RewriteMod.StartHeadersVector)
+    av = text_vector(b, args, RewriteMod.StartArgsVector)
     bv = b.CreateByteVector(body)
     RewriteMod.Start(b)
     RewriteMod.AddPath(b, p)
@@ -185,7 +169,7 @@ def resp_call_resp(
     id: int, status: int, headers: list[tuple[str, str | None]], body: bytes | None
 ) -> bytes:
     b = flatbuffers.Builder(1024)
-    hv = text_vector(b, RespCallResp.StartHeadersVector, headers)
+    hv = text_vector(b, headers, RespCallResp.StartHeadersVector)
     bv = None if body is None else b.CreateByteVector(body)
     RespCallResp.Start(b)
     RespCallResp.AddId(b, id)

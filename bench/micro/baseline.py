@@ -17,7 +17,6 @@ from typing import Any
 
 import flatbuffers
 
-from runner._a6.A6 import TextEntry
 from runner._a6.A6.Err import Resp as ErrResp
 from runner._a6.A6.ExtraInfo import Info as XInfo
 from runner._a6.A6.ExtraInfo import Req as XReq
@@ -29,6 +28,7 @@ from runner._a6.A6.HTTPReqCall import Resp as CallResp
 from runner._a6.A6.HTTPReqCall import Rewrite as CallRewrite
 from runner._a6.A6.HTTPReqCall import Stop as CallStop
 from runner._a6.A6.HTTPRespCall import Resp as RespCallResp
+from runner.testing import text_vector
 
 Pairs = Sequence[tuple[str, str | None]]
 METHODS = (
@@ -147,26 +147,9 @@ def read_extra_info_result(payload: bytes) -> bytes | None:
 # --------------------------------------------------------------------------- building
 
 
-def _text_vector(b: flatbuffers.Builder, pairs: Pairs) -> int:
-    offsets = []
-    for name, value in pairs:
-        name_off = b.CreateString(name)
-        value_off = None if value is None else b.CreateString(value)
-        TextEntry.Start(b)
-        TextEntry.AddName(b, name_off)
-        if value_off is not None:
-            TextEntry.AddValue(b, value_off)
-        offsets.append(TextEntry.End(b))
-    b.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        b.PrependUOffsetTRelative(off)
-    end: int = b.EndVector()
-    return end
-
-
 def build_stop(req_id: int, status: int, headers: Pairs, body: bytes) -> bytes:
     b = flatbuffers.Builder(256)
-    headers_off = _text_vector(b, headers)
+    headers_off = text_vector(b, headers)
     body_off = b.CreateByteVector(body)
     CallStop.Start(b)
     CallStop.AddStatus(b, status)
@@ -199,9 +182,9 @@ def build_rewrite(
 ) -> bytes:
     b = flatbuffers.Builder(256)
     path_off = None if path is None else b.CreateString(path)
-    headers_off = _text_vector(b, headers) if headers else None
-    args_off = _text_vector(b, args) if args else None
-    resp_off = _text_vector(b, resp_headers) if resp_headers else None
+    headers_off = text_vector(b, headers) if headers else None
+    args_off = text_vector(b, args) if args else None
+    resp_off = text_vector(b, resp_headers) if resp_headers else None
     body_off = b.CreateByteVector(body) if body else None
     CallRewrite.Start(b)
     if path_off is not None:
@@ -225,7 +208,7 @@ def build_rewrite(
 
 def build_resp_call(req_id: int, status: int, headers: Pairs, body: bytes | None) -> bytes:
     b = flatbuffers.Builder(256)
-    headers_off = _text_vector(b, headers)
+    headers_off = text_vector(b, headers)
     body_off = b.CreateByteVector(body) if body else None
     RespCallResp.Start(b)
     RespCallResp.AddId(b, req_id)

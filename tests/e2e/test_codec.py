@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.gateway import rig
-from runner._a6.A6 import TextEntry as TextEntryMod
 from runner._a6.A6.Err import Resp as ErrResp
 from runner._a6.A6.ExtraInfo import Req as ExtraInfoReq
 from runner._a6.A6.ExtraInfo import Var as VarMod
@@ -33,7 +32,7 @@ from runner._a6.A6.HTTPRespCall import Resp as RespCallResp
 from runner._a6.A6.PrepareConf import Req as PrepareConfReq
 from runner._a6.A6.PrepareConf import Resp as PrepareConfResp
 from runner.proto import messages as m
-from runner.testing import METHODS, encode_frame
+from runner.testing import METHODS, encode_frame, text_vector
 
 from .conftest import request
 
@@ -77,22 +76,6 @@ def a6_entries(length: Any, get: Any) -> Entries:
         value = e.Value()
         out.append((e.Name().decode(), None if value is None else value.decode()))
     return out
-
-
-def a6_vector(b: Any, start: Any, entries: Entries) -> Any:
-    offs = []
-    for name, value in entries:
-        n = b.CreateString(name)
-        v = None if value is None else b.CreateString(value)
-        TextEntryMod.Start(b)
-        TextEntryMod.AddName(b, n)
-        if v is not None:
-            TextEntryMod.AddValue(b, v)
-        offs.append(TextEntryMod.End(b))
-    start(b, len(offs))
-    for off in reversed(offs):
-        b.PrependUOffsetTRelative(off)
-    return b.EndVector()
 
 
 text = st.text(max_size=12)
@@ -224,7 +207,7 @@ def test_decode_none_action(gateway: rig.Rig) -> None:
 
 def a6_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     b = flatbuffers.Builder(256)
-    hv = a6_vector(b, StopMod.StartHeadersVector, headers)
+    hv = text_vector(b, headers, StopMod.StartHeadersVector)
     bv = None if body is None else b.CreateByteVector(body)
     StopMod.Start(b)
     StopMod.AddStatus(b, status)
@@ -260,9 +243,9 @@ def a6_rewrite(
 ) -> bytes:
     b = flatbuffers.Builder(256)
     p = None if path is None else b.CreateString(path)
-    hv = a6_vector(b, RewriteMod.StartHeadersVector, headers) if headers else None
-    av = a6_vector(b, RewriteMod.StartArgsVector, args) if args else None
-    rv = a6_vector(b, RewriteMod.StartRespHeadersVector, resp) if resp else None
+    hv = text_vector(b, headers, RewriteMod.StartHeadersVector) if headers else None
+    av = text_vector(b, args, RewriteMod.StartArgsVector) if args else None
+    rv = text_vector(b, resp, RewriteMod.StartRespHeadersVector) if resp else None
     bv = None if body is None else b.CreateByteVector(body)
     RewriteMod.Start(b)
     for add, off in ((RewriteMod.AddPath, p), (RewriteMod.AddHeaders, hv),
@@ -313,7 +296,7 @@ def test_decode_rewrite(
 
 def a6_resp_call_resp(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     b = flatbuffers.Builder(256)
-    hv = a6_vector(b, RespCallResp.StartHeadersVector, headers)
+    hv = text_vector(b, headers, RespCallResp.StartHeadersVector)
     bv = None if body is None else b.CreateByteVector(body)
     RespCallResp.Start(b)
     RespCallResp.AddId(b, id)
