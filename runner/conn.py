@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from . import dispatch
 from .confstore import ConfStore
-from .metrics import BUCKETS
+from .metrics import BUCKETS, RPC_NAMES
 from .plugins import ConfError
 from .proto import (
     DecodeError,
@@ -44,9 +44,9 @@ from .proto import (
 log = logging.getLogger("runner.conn")
 
 # RPC names in metrics.
-PREPARE_CONF = "prepare_conf"
-REQ_CALL = "http_req_call"
-RESP_CALL = "http_resp_call"
+PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
+REQ_CALL = RPC_NAMES[RpcType.HTTP_REQ_CALL]
+RESP_CALL = RPC_NAMES[RpcType.HTTP_RESP_CALL]
 
 
 class ServerState:

@@ -123,6 +123,11 @@ def _count_req(
     stats.sum += seconds
 
 
+def _sync_outcome(exc: Exception) -> str:
+    # An inline plugin misses its deadline only through the watchdog.
+    return "timeout" if isinstance(exc, PluginTimeout) else "error"
+
+
 def _call_sync(step: Step, request: Request, response: Response) -> None:
     logs.inline_context = (request.id, step.name)  # for log lines the plugin writes
     stats = step.stats
@@ -132,7 +137,7 @@ def _call_sync(step: Step, request: Request, response: Response) -> None:
         except DecodeError:
             raise
         except Exception as exc:
-            _failed(step, exc, "timeout" if isinstance(exc, PluginTimeout) else "error", 0.0)
+            _failed(step, exc, _sync_outcome(exc), 0.0)
         return
     mark = request.change_count(response)
     t0 = perf_counter()
@@ -141,21 +146,30 @@ def _call_sync(step: Step, request: Request, response: Response) -> None:
     except DecodeError:
         raise
     except Exception as exc:
-        _failed(
-            step, exc, "timeout" if isinstance(exc, PluginTimeout) else "error", perf_counter() - t0
-        )
+        _failed(step, exc, _sync_outcome(exc), perf_counter() - t0)
         return
     _count_req(stats, mark, request, response, perf_counter() - t0)
 
 
-async def _await_step(step: Step, req_id: int, *args: Any) -> None:
+async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
+    """Run one step of an async chain: the seconds it took, or None when it
+    failed and was skipped (fail-open); otherwise a failure raises."""
+    t0 = perf_counter()
     # Log lines the plugin writes name the request and the plugin; the
     # context ends with the plugin (the failure line names them itself).
     context = logs.task_context.set((req_id, step.name))
     try:
-        await _run_step(step, *args)
-    finally:
-        logs.task_context.reset(context)
+        try:
+            await _run_step(step, *args)
+        finally:
+            logs.task_context.reset(context)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error",
+                perf_counter() - t0)  # fmt: skip
+        return None
+    return perf_counter() - t0
 
 
 async def _run_step(step: Step, *args: Any) -> None:
@@ -171,35 +185,15 @@ async def _run_step(step: Step, *args: Any) -> None:
 async def _call(step: Step, request: Request, response: Response) -> None:
     stats = step.stats
     mark = request.change_count(response) if stats is not None else 0
-    t0 = perf_counter()
-    try:
-        await _await_step(step, request.id, request, response)
-    except DecodeError:
-        raise
-    except TimeoutError as exc:
-        _failed(step, exc, "timeout", perf_counter() - t0)
-        return
-    except Exception as exc:
-        _failed(step, exc, "error", perf_counter() - t0)
-        return
-    if stats is not None:
-        _count_req(stats, mark, request, response, perf_counter() - t0)
+    seconds = await _run_guarded(step, request.id, request, response)
+    if stats is not None and seconds is not None:
+        _count_req(stats, mark, request, response, seconds)
 
 
 async def _call_resp(step: Step, response: UpstreamResponse) -> None:
-    t0 = perf_counter()
-    try:
-        await _await_step(step, response.id, response)
-    except DecodeError:
-        raise
-    except TimeoutError as exc:
-        _failed(step, exc, "timeout", perf_counter() - t0)
-        return
-    except Exception as exc:
-        _failed(step, exc, "error", perf_counter() - t0)
-        return
-    if step.stats is not None:
-        step.stats.count("pass", perf_counter() - t0)
+    seconds = await _run_guarded(step, response.id, response)
+    if step.stats is not None and seconds is not None:
+        step.stats.count("pass", seconds)
 
 
 def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
