@@ -21,17 +21,17 @@ import asyncio
 import collections
 import logging
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any, cast
 
 from . import dispatch
+from .calltask import CallTask
 from .confstore import ConfStore
 from .metrics import BUCKETS, RPC_NAMES
 from .plugins import ConfError
 from .proto import (
     DecodeError,
-    ExtraInfoResp,
     FrameDecoder,
     PrepareConfReq,
     ReqCallView,
@@ -39,6 +39,7 @@ from .proto import (
     RpcType,
     build_extra_info,
     build_prepare_conf_resp,
+    extra_info_result,
 )
 
 log = logging.getLogger("runner.conn")
@@ -64,6 +65,29 @@ class ServerState:
         self.async_calls = 0
         self.busy = 0  # connections with a call in flight
         self.idle_waiter: asyncio.Future[None] | None = None
+        # Call deadlines are checked by one sweep every `sweep_interval` while
+        # calls are in flight, not by a timer per call: a uvloop TimerHandle
+        # costs ~2 us to arm and cancel, a third of a whole call. A call thus
+        # ends between call_timeout and call_timeout + sweep_interval.
+        self.sweep_interval = min(0.1, call_timeout / 20)
+        self.sweeping = False
+
+    def watch_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the deadline sweep unless it runs (called as an async call starts)."""
+        if not self.sweeping:
+            self.sweeping = True
+            loop.call_later(self.sweep_interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.expire_if_late(now)
+        self.sweeping = False
+        if self.async_in_flight():
+            self.watch_deadlines(loop)
+
+    def async_in_flight(self) -> bool:
+        return any(conn.has_call for conn in self.connections)
 
     @property
     def calls(self) -> int:
@@ -78,8 +102,8 @@ class ServerState:
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_decoder", "_handlers", "_metrics", "_questions", "_state", "_store", "_task",
-        "_transport", "reads",
+        "_call", "_call_info", "_deadline", "_decoder", "_expired", "_handlers",
+        "_metrics", "_questions", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
@@ -88,7 +112,10 @@ class Connection(asyncio.BufferedProtocol):
         self._metrics = state.metrics
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._call: CallTask | None = None  # the async call in flight
+        self._call_info: tuple[int, str, float] = (0, "", 0.0)  # its id, RPC name, start
+        self._deadline = 0.0  # loop.time() by which the call must end
+        self._expired = False  # the call's deadline cancelled it
         self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         self._handlers: dict[int, Callable[[memoryview], None]] = {
@@ -115,7 +142,7 @@ class Connection(asyncio.BufferedProtocol):
         self.reads += 1
         while (frame := decoder.next_frame()) is not None:
             rpc_type, payload = frame
-            if self._task is not None:
+            if self._call is not None:
                 self._answer(rpc_type, payload)
                 continue
             handler = self._handlers.get(rpc_type)
@@ -139,8 +166,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._metrics is not None:
             self._metrics.connections -= 1
         self._transport = None
-        if self._task is not None:
-            self._task.cancel()
+        if self._call is not None:
+            self._call.cancel()
         for fut in self._questions:
             if not fut.done():
                 fut.set_exception(ConnectionError("APISIX closed the connection"))
@@ -208,7 +235,7 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(REQ_CALL, self._not_found(), t0)
         elif chain.req_async:
-            view = ReqCallView(self._decoder.keep(payload))
+            view.rebind(self._decoder.keep(payload))
             self._start(dispatch.run_req_async(chain, view, self._ask), view.id, REQ_CALL, t0)
         else:
             state = self._state
@@ -238,40 +265,65 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- async calls and ExtraInfo
 
-    def _start(self, work: Awaitable[bytes | bytearray], req_id: int, rpc: str, t0: float) -> None:
-        self._state.busy += 1
-        self._state.async_calls += 1
-        self._task = asyncio.ensure_future(self._finish(work, req_id, rpc, t0))
-
-    async def _finish(
-        self, work: Awaitable[bytes | bytearray], req_id: int, rpc: str, t0: float
+    def _start(
+        self, work: Coroutine[Any, Any, bytes | bytearray], req_id: int, rpc: str, t0: float
     ) -> None:
-        try:
-            async with asyncio.timeout(self._state.call_timeout):
-                frame: bytes | bytearray = await work
-        except TimeoutError:
+        state = self._state
+        state.busy += 1
+        state.async_calls += 1
+        self._call_info = (req_id, rpc, t0)
+        self._expired = False
+        loop = asyncio.get_running_loop()
+        call = self._call = CallTask(work, loop, self._finish)
+        self._deadline = loop.time() + state.call_timeout
+        state.watch_deadlines(loop)
+        call.start()  # runs up to the first ExtraInfo question, or to the end
+
+    @property
+    def has_call(self) -> bool:
+        return self._call is not None
+
+    def expire_if_late(self, now: float) -> None:
+        """Cancel the call in flight if its deadline passed (ServerState's sweep)."""
+        call = self._call
+        if call is not None and now >= self._deadline and not self._expired:
+            self._expired = True
+            call.cancel()
+
+    def _finish(self, frame: bytes | bytearray | None, exc: BaseException | None) -> None:
+        """The call's coroutine ended (CallTask's on_done)."""
+        req_id, rpc, t0 = self._call_info
+        expired = self._expired
+        self._end_call()
+        if exc is None:
+            assert frame is not None
+        elif isinstance(exc, asyncio.CancelledError):
+            if not expired:
+                return  # the connection is gone: nobody to answer
             log.error(
                 "request %d: plugins did not finish within %.1f s; answering SERVICE_UNAVAILABLE",
                 req_id, self._state.call_timeout,
             )  # fmt: skip
             frame = dispatch.ERR_UNAVAILABLE
-        except asyncio.CancelledError:
-            self._state.call_done()
-            raise
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             frame = dispatch.failure_frame(exc, f"request {req_id}")
-        self._task = None
+        else:
+            return  # KeyboardInterrupt or SystemExit: the worker is going down
+        self._reply(rpc, frame, t0)
+
+    def _end_call(self) -> None:
+        self._call = None
         self._questions.clear()
         self._state.call_done()
-        self._reply(rpc, frame, t0)
 
     def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
         """Send an ExtraInfo request; the future resolves with APISIX's answer.
         Several may be in flight: APISIX answers them in order."""
-        if self._task is None:
+        if self._call is None:
             raise RuntimeError("request.var() and request.body() need an `async def filter`")
-        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytes | None] = self._call.get_loop().create_future()
         self._questions.append(fut)
+        self._call.expect(fut)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
         self._write(build_extra_info(info_type, name))
@@ -285,18 +337,19 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         fut = self._questions.popleft()
+        if fut.done():
+            return  # cancelled (the call's deadline); the answer is late
         try:
-            result = ExtraInfoResp(payload).result
+            fut.set_result(extra_info_result(payload))
         except DecodeError as exc:
             fut.set_exception(exc)
-        else:
-            if not fut.done():
-                fut.set_result(result)
+        if self._call is not None:
+            self._call.answered(fut)  # resumes the plugin now, not a loop round later
 
     @property
     def idle(self) -> bool:
         """No call in flight and no partial frame: safe to close."""
-        return self._task is None and not self._decoder.pending()
+        return self._call is None and not self._decoder.pending()
 
     def close(self) -> None:
         if self._transport is not None:

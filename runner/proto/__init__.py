@@ -20,6 +20,7 @@ from .messages import (
     build_req_call_rewrite,
     build_req_call_stop,
     build_resp_call_resp,
+    extra_info_result,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "build_req_call_stop",
     "build_resp_call_resp",
     "encode_frame",
+    "extra_info_result",
 ]

@@ -257,6 +257,39 @@ class Table:
         return out
 
 
+def root_bytes0(buf: memoryview) -> bytes | None:
+    """Field 0 of the root table as a ``[ubyte]`` vector (None when absent).
+
+    ``Table.root(buf).bytes_view(0)`` written out with no Table object: every
+    ExtraInfo answer is read here, and it is this message's only field.
+    Same checks as the Table path."""
+    size = len(buf)
+    if size < 8:
+        raise DecodeError(f"a {size}-byte payload is too short for a flatbuffer")
+    pos = u32_at(buf, 0)[0]
+    if pos + 4 > size:
+        raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
+    vt = pos - _i32_at(buf, pos)[0]
+    if vt < 0 or vt + 4 > size:
+        raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
+    vtlen = _u16_at(buf, vt)[0]
+    if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
+        raise DecodeError(f"bad vtable size {vtlen}")
+    off = _u16_at(buf, vt + 4)[0] if vtlen >= 6 else 0
+    if not off:
+        return None
+    pos += off
+    if pos + 4 > size:
+        raise DecodeError("field 0 outside the buffer")
+    vec = pos + u32_at(buf, pos)[0]
+    if vec + 4 > size:
+        raise DecodeError("vector 0 outside the buffer")
+    end = vec + 4 + u32_at(buf, vec)[0]
+    if end > size:
+        raise DecodeError(f"vector 0 of {end - vec - 4} elements overruns the buffer")
+    return buf[vec + 4 : end].tobytes()
+
+
 def _text(data: bytes, size: int, field: int) -> str:
     """The string a uoffset field at ``field`` points to."""
     if field + 4 > size:

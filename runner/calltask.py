@@ -1,0 +1,181 @@
+"""A call's coroutine, stepped in place: what an asyncio.Task does, minus two loop rounds.
+
+Why not a Task: a Task takes its first step one loop round after it is
+created, and after each ExtraInfo answer it wakes one more loop round later
+(the future schedules its wakeup with ``call_soon``). The answer arrives in
+``buffer_updated``; resuming the coroutine right there, and starting it right
+where the call was read, saves both rounds: a call that asks one variable went
+from 17.5 to about 14 us of CPU (bench/README.md, "async calls").
+
+It still is the current task for the plugin's code: while a step runs,
+``asyncio.current_task()`` returns the CallTask (registered with asyncio's own
+``_enter_task``), so ``asyncio.timeout()``, ``wait_for``, aiohttp and redis
+work, and it can be cancelled (``cancel``/``cancelling``/``uncancel`` as
+Task's). Futures other than the connection's own questions (sleeps, sockets,
+child tasks, gather) wake it through the loop, exactly as they wake a Task.
+Each CallTask runs in its own copy of the context, as a Task does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from asyncio import tasks
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+# asyncio's own bookkeeping of the current task (C functions); typed for any
+# task-like object, which is what they accept.
+_enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._enter_task
+_leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._leave_task
+_current_task = tasks.current_task
+
+#: Called once when the coroutine ends: (its result, None) or (None, its exception).
+OnDone = Callable[[Any, BaseException | None], None]
+
+
+class CallTask:
+    __slots__ = (
+        "_cancels", "_context", "_coro", "_done", "_loop", "_must_cancel", "_on_done",
+        "_quick", "_waiter",
+    )  # fmt: skip
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, on_done: OnDone
+    ) -> None:
+        self._coro = coro
+        self._loop = loop
+        self._on_done = on_done
+        self._context = contextvars.copy_context()
+        self._waiter: Any = None  # the future the coroutine awaits now
+        self._quick: Any = None  # a future the owner resolves and then calls answered() for
+        self._must_cancel = False
+        self._cancels = 0
+        self._done = False
+
+    # -- driven by the connection
+
+    def start(self) -> None:
+        if _current_task(self._loop) is None:
+            self._step(None)
+        else:  # started from inside a task (tests do): asyncio allows one at a time
+            self._loop.call_soon(self._step, None)
+
+    def expect(self, fut: asyncio.Future[Any]) -> None:
+        """The owner will resolve ``fut`` and call :meth:`answered`: if the
+        coroutine awaits it, no done-callback (and no loop round) is needed."""
+        self._quick = fut
+
+    def answered(self, fut: asyncio.Future[Any]) -> None:
+        """``fut`` (passed to :meth:`expect`) has its result: resume now if it is awaited."""
+        if self._waiter is fut and self._quick is fut:
+            if _current_task(self._loop) is None:
+                self._step(None)
+            else:
+                self._waiter = None
+                self._loop.call_soon(self._step, None)
+
+    # -- the parts of asyncio.Task's API that asyncio and libraries use on the current task
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._done:
+            return False
+        self._cancels += 1
+        waiter = self._waiter
+        if waiter is not None:
+            if waiter is self._quick:
+                # Nobody else wakes us for this one: resume, and the await raises.
+                self._waiter = None
+                waiter.cancel(msg)
+                self._loop.call_soon(self._step, None)
+                return True
+            if waiter.cancel(msg):
+                return True  # its done-callback wakes us with CancelledError
+        self._must_cancel = True
+        return True
+
+    def cancelling(self) -> int:
+        return self._cancels
+
+    def uncancel(self) -> int:
+        if self._cancels > 0:
+            self._cancels -= 1
+        return self._cancels
+
+    def done(self) -> bool:
+        return self._done
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def get_coro(self) -> Coroutine[Any, Any, Any]:
+        return self._coro
+
+    def get_name(self) -> str:
+        return f"call-{id(self):x}"
+
+    def __repr__(self) -> str:
+        return f"<CallTask {'done' if self._done else 'pending'} coro={self._coro!r}>"
+
+    # -- stepping
+
+    def _step(self, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        if self._must_cancel:
+            self._must_cancel = False
+            exc = asyncio.CancelledError()
+        self._waiter = None
+        loop = self._loop
+        _enter_task(loop, self)
+        try:
+            try:
+                if exc is None:
+                    result = self._context.run(self._coro.send, None)
+                else:
+                    result = self._context.run(self._coro.throw, exc)
+            finally:
+                _leave_task(loop, self)
+        except StopIteration as stop:
+            self._finish(stop.value, None)
+        except (Exception, asyncio.CancelledError) as error:
+            self._finish(None, error)
+        except BaseException as error:  # KeyboardInterrupt, SystemExit: end the call, go on up
+            self._finish(None, error)
+            raise
+        else:
+            self._wait_on(result)
+
+    def _wait_on(self, result: Any) -> None:
+        """The coroutine yielded ``result``: arrange to be woken as a Task would."""
+        blocking = getattr(result, "_asyncio_future_blocking", None)
+        if blocking:
+            result._asyncio_future_blocking = False
+            self._waiter = result
+            if result is not self._quick:
+                if result.get_loop() is not self._loop:
+                    self._waiter = None
+                    error = RuntimeError(f"a plugin awaited {result!r}, from another event loop")
+                    self._loop.call_soon(self._step, error)
+                    return
+                result.add_done_callback(self._wakeup)
+            if self._must_cancel and result.cancel():
+                self._must_cancel = False
+                if result is self._quick:
+                    self._waiter = None
+                    self._loop.call_soon(self._step, None)
+        elif result is None:
+            self._loop.call_soon(self._step, None)  # a bare yield (asyncio.sleep(0))
+        else:
+            error = RuntimeError(f"a plugin awaited {result!r}, which is not a future")
+            self._loop.call_soon(self._step, error)
+
+    def _wakeup(self, fut: asyncio.Future[Any]) -> None:
+        # The await takes the result (or raises) from the future itself.
+        if fut is self._waiter:
+            self._step(None)
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._done = True
+        self._waiter = self._quick = None
+        self._on_done(result, error)
