@@ -28,7 +28,8 @@ from typing import Any
 # task-like object, which is what they accept.
 _enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._enter_task
 _leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._leave_task
-_current_task = tasks.current_task
+# loop -> its running task (asyncio.current_task() in 3.11 is Python around this).
+_current_tasks: dict[asyncio.AbstractEventLoop, Any] = getattr(tasks, "_current_tasks")  # noqa: B009
 
 #: Called once when the coroutine ends: (its result, None) or (None, its exception).
 OnDone = Callable[[Any, BaseException | None], None]
@@ -56,20 +57,22 @@ class CallTask:
     # -- driven by the connection
 
     def start(self) -> None:
-        if _current_task(self._loop) is None:
+        if self._loop not in _current_tasks:
             self._step(None)
         else:  # started from inside a task (tests do): asyncio allows one at a time
             self._loop.call_soon(self._step, None)
 
-    def expect(self, fut: asyncio.Future[Any]) -> None:
-        """The owner will resolve ``fut`` and call :meth:`answered`: if the
-        coroutine awaits it, no done-callback (and no loop round) is needed."""
-        self._quick = fut
+    def question(self) -> asyncio.Future[Any]:
+        """A new future the owner will resolve and then call :meth:`answered`
+        for: if the coroutine awaits it, no done-callback (and no loop round)
+        is needed to resume it."""
+        fut = self._quick = self._loop.create_future()
+        return fut
 
     def answered(self, fut: asyncio.Future[Any]) -> None:
-        """``fut`` (passed to :meth:`expect`) has its result: resume now if it is awaited."""
+        """``fut`` (from :meth:`question`) has its result: resume now if it is awaited."""
         if self._waiter is fut and self._quick is fut:
-            if _current_task(self._loop) is None:
+            if self._loop not in _current_tasks:
                 self._step(None)
             else:
                 self._waiter = None

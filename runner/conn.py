@@ -48,6 +48,7 @@ log = logging.getLogger("runner.conn")
 PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
 REQ_CALL = RPC_NAMES[RpcType.HTTP_REQ_CALL]
 RESP_CALL = RPC_NAMES[RpcType.HTTP_RESP_CALL]
+_EXTRA_INFO = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
 
 
 class ServerState:
@@ -276,7 +277,8 @@ class Connection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         call = self._call = CallTask(work, loop, self._finish)
         self._deadline = loop.time() + state.call_timeout
-        state.watch_deadlines(loop)
+        if not state.sweeping:
+            state.watch_deadlines(loop)
         call.start()  # runs up to the first ExtraInfo question, or to the end
 
     @property
@@ -321,16 +323,16 @@ class Connection(asyncio.BufferedProtocol):
         Several may be in flight: APISIX answers them in order."""
         if self._call is None:
             raise RuntimeError("request.var() and request.body() need an `async def filter`")
-        fut: asyncio.Future[bytes | None] = self._call.get_loop().create_future()
+        fut: asyncio.Future[bytes | None] = self._call.question()
         self._questions.append(fut)
-        self._call.expect(fut)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
-        self._write(build_extra_info(info_type, name))
+        if self._transport is not None:
+            self._transport.write(build_extra_info(info_type, name))
         return fut
 
     def _answer(self, rpc_type: int, payload: memoryview) -> None:
-        if rpc_type != RpcType.EXTRA_INFO or not self._questions:
+        if rpc_type != _EXTRA_INFO or not self._questions:
             log.warning(
                 "frame type %d arrived while a call was in flight; closing the connection", rpc_type
             )

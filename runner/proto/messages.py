@@ -36,7 +36,6 @@ __all__ = [
     "DecodeError",
     "ErrCode",
     "ExtraInfoResp",
-    "extra_info_result",
     "PrepareConfReq",
     "ReqCallView",
     "RespCallView",
@@ -47,6 +46,7 @@ __all__ = [
     "build_req_call_rewrite",
     "build_req_call_stop",
     "build_resp_call_resp",
+    "extra_info_result",
 ]
 
 
