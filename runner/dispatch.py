@@ -128,17 +128,8 @@ def _sync_outcome(exc: Exception) -> str:
     return "timeout" if isinstance(exc, PluginTimeout) else "error"
 
 
-def _call_sync(step: Step, request: Request, response: Response) -> None:
-    logs.inline_context = (request.id, step.name)  # for log lines the plugin writes
-    stats = step.stats
-    if stats is None:
-        try:
-            step.fn(step.conf, request, response)
-        except DecodeError:
-            raise
-        except Exception as exc:
-            _failed(step, exc, _sync_outcome(exc), 0.0)
-        return
+def _call_timed(step: Step, stats: PluginStats, request: Request, response: Response) -> None:
+    """One plain ``def`` step with metrics on: its outcome and time counted."""
     mark = request.change_count(response)
     t0 = perf_counter()
     try:
@@ -185,9 +176,22 @@ def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
     """The request phase for a chain of plain ``def`` filters, run inline."""
     request = Request(view, ask, view.conf_token)
     response = Response()
+    req_id = request.id
     try:
         for step in chain.req:
-            _call_sync(step, request, response)
+            logs.inline_context = (req_id, step.name)  # for log lines the plugin writes
+            stats = step.stats
+            if stats is not None:
+                _call_timed(step, stats, request, response)
+            else:
+                # The usual step (no metrics), written out: a Python call
+                # per plugin is a tenth of a no-op plugin's whole cost.
+                try:
+                    step.fn(step.conf, request, response)
+                except DecodeError:
+                    raise
+                except Exception as exc:
+                    _failed(step, exc, _sync_outcome(exc), 0.0)
             if response.stopped:
                 break
     finally:

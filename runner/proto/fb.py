@@ -354,6 +354,9 @@ _VT_NAME = vtable(4, table_size=8)
 TEXT_VTABLES = _VT_NAME_VALUE + _VT_NAME  # 16 bytes: both vtables, 4-aligned
 _ENTRY_NV = struct.Struct("<iIII").pack  # soffset, name off, value off, name length
 _ENTRY_N = struct.Struct("<iII").pack  # soffset, name off, name length
+# A vector of one entry: count, offset, then the entry as above.
+_ONE_NV = struct.Struct("<IIiIII").pack
+_ONE_N = struct.Struct("<IIiII").pack
 PADS = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by length % 4
 # "<{n}I" packers for a vector's count and offsets, the common sizes precompiled.
 _UVEC = tuple(struct.Struct(f"<{n}I").pack for n in range(1, 34))
@@ -378,6 +381,22 @@ def text_vector_chunks(
     """
     vt_name = vtables + 8
     count = len(pairs)
+    if count == 1:  # one header or arg changed, the usual case: one pack, no offsets list
+        name, value = pairs[0]
+        nb = name.encode()
+        ln = len(nb)
+        npad = PADS[ln & 3]
+        entry = pos + 8  # after the count and the one offset (4: from its slot to the entry)
+        if value is None:
+            chunks += (_ONE_N(1, 4, entry - vt_name, 4, ln), nb, npad)
+            return entry + 12 + ln + len(npad)
+        vb = value.encode()
+        lv = len(vb)
+        vpad = PADS[lv & 3]
+        pn = ln + len(npad)
+        chunks += (_ONE_NV(1, 4, entry - vtables, 8, 8 + pn, ln), nb, npad, _pack_u32(lv), vb,
+                   vpad)  # fmt: skip
+        return entry + 20 + pn + lv + len(vpad)
     slot = pos + 4
     pos = slot + 4 * count  # first entry
     head = len(chunks)
