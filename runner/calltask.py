@@ -37,8 +37,8 @@ OnDone = Callable[[Any, BaseException | None], None]
 
 class CallTask:
     __slots__ = (
-        "_cancels", "_context", "_coro", "_done", "_loop", "_must_cancel", "_on_done",
-        "_quick", "_waiter",
+        "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_loop", "_must_cancel",
+        "_on_done", "_quick", "_waiter",
     )  # fmt: skip
 
     def __init__(
@@ -51,6 +51,7 @@ class CallTask:
         self._waiter: Any = None  # the future the coroutine awaits now
         self._quick: Any = None  # a future the owner resolves and then calls answered() for
         self._must_cancel = False
+        self._cancel_msg: Any = None
         self._cancels = 0
         self._done = False
 
@@ -66,6 +67,11 @@ class CallTask:
         """A new future the owner will resolve and then call :meth:`answered`
         for: if the coroutine awaits it, no done-callback (and no loop round)
         is needed to resume it."""
+        old = self._quick
+        if old is not None and old is self._waiter:
+            # The coroutine awaits an earlier question while a child task
+            # asks this one: the earlier one now needs its done-callback.
+            old.add_done_callback(self._wakeup)
         fut = self._quick = self._loop.create_future()
         return fut
 
@@ -95,6 +101,7 @@ class CallTask:
             if waiter.cancel(msg):
                 return True  # its done-callback wakes us with CancelledError
         self._must_cancel = True
+        self._cancel_msg = msg
         return True
 
     def cancelling(self) -> int:
@@ -127,7 +134,8 @@ class CallTask:
             return
         if self._must_cancel:
             self._must_cancel = False
-            exc = asyncio.CancelledError()
+            msg = self._cancel_msg
+            exc = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
         self._waiter = None
         loop = self._loop
         _enter_task(loop, self)
@@ -162,7 +170,7 @@ class CallTask:
                     self._loop.call_soon(self._step, error)
                     return
                 result.add_done_callback(self._wakeup)
-            if self._must_cancel and result.cancel():
+            if self._must_cancel and result.cancel(self._cancel_msg):
                 self._must_cancel = False
                 if result is self._quick:
                     self._waiter = None

@@ -103,7 +103,7 @@ class ServerState:
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_call", "_call_info", "_deadline", "_decoder", "_expired", "_handlers",
+        "_call", "_call_info", "_deadline", "_decoder", "_expired", "_handlers", "_late",
         "_metrics", "_questions", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
@@ -117,6 +117,10 @@ class Connection(asyncio.BufferedProtocol):
         self._call_info: tuple[int, str, float] = (0, "", 0.0)  # its id, RPC name, start
         self._deadline = 0.0  # loop.time() by which the call must end
         self._expired = False  # the call's deadline cancelled it
+        # Answers still due to questions of calls that ended without them
+        # (a plugin's own timeout, the call deadline): APISIX answers every
+        # question it read, so they arrive after the call; they are dropped.
+        self._late = 0
         self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         self._handlers: dict[int, Callable[[memoryview], None]] = {
@@ -147,6 +151,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._answer(rpc_type, payload)
                 continue
             handler = self._handlers.get(rpc_type)
+            if handler is None and rpc_type == _EXTRA_INFO and self._late:
+                self._late -= 1  # an answer to a question of a call that has ended
+                continue
             if handler is None:
                 self._malformed("frame", ValueError(f"unknown frame type {rpc_type}"))
                 self._write(dispatch.ERR_BAD_REQUEST)
@@ -315,7 +322,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _end_call(self) -> None:
         self._call = None
-        self._questions.clear()
+        if self._questions:
+            self._late += len(self._questions)
+            self._questions.clear()
         self._state.call_done()
 
     def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
