@@ -254,7 +254,10 @@ class Connection(asyncio.BufferedProtocol):
             except Exception as exc:
                 frame = dispatch.failure_frame(exc, f"request {view.id}")
             state.inline = False
-            self._reply(REQ_CALL, frame, t0)
+            if self._metrics is None and self._transport is not None:
+                self._transport.write(frame)  # _reply without metrics: a call less
+            else:
+                self._reply(REQ_CALL, frame, t0)
 
     def _resp_call(self, payload: memoryview) -> None:
         t0 = perf_counter() if self._metrics is not None else 0.0

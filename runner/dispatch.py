@@ -74,10 +74,8 @@ def req_reply(request: Request, response: Response) -> Frame:
         return build_req_call_stop(
             request.id, status, response.header_items(), response.body or b""
         )
-    headers = request.header_changes()
-    args = request.arg_changes()
+    path, headers, args, body = request.upstream_changes()
     resp_headers = response.header_items()
-    path, body = request.new_path, request.new_body
     if path is None and body is None and not (headers or args or resp_headers):
         return build_req_call_none(request.id)
     return build_req_call_rewrite(request.id, path, headers, args, resp_headers, body)

@@ -44,6 +44,7 @@ def _ip_text(packed: bytes) -> str:
     return ""
 
 
+Entries = list[tuple[str, str | None]]  # header or arg changes, as Rewrite entries
 _VAR = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
 
 
@@ -174,13 +175,20 @@ class Request:
         h = response._headers
         return n if h is None else n + h.writes
 
+    def upstream_changes(self) -> tuple[str | None, Entries, Entries, bytes | None]:
+        """(new path, header changes, arg changes, new body): what a Rewrite
+        carries, in one call (the dispatcher builds every reply from it)."""
+        h, a = self._headers, self._args
+        return (
+            self._new_path,
+            [] if h is None else h.rewrite_entries(),
+            [] if a is None else a.rewrite_entries(),
+            self._new_body,
+        )
+
     def header_changes(self) -> list[tuple[str, str | None]]:
         h = self._headers  # rewrite_entries() of an unchanged dict is [] (no .changed call)
         return [] if h is None else h.rewrite_entries()
-
-    def arg_changes(self) -> list[tuple[str, str | None]]:
-        a = self._args
-        return [] if a is None else a.rewrite_entries()
 
 
 class Response:
