@@ -5,7 +5,7 @@ created, and after each ExtraInfo answer it wakes one more loop round later
 (the future schedules its wakeup with ``call_soon``). The answer arrives in
 ``buffer_updated``; resuming the coroutine right there, and starting it right
 where the call was read, saves both rounds: a call that asks one variable went
-from 17.5 to about 14 us of CPU (bench/README.md, "async calls").
+from 17.5 to about 15 us of CPU (bench/README.md).
 
 It still is the current task for the plugin's code: while a step runs,
 ``asyncio.current_task()`` returns the CallTask (registered with asyncio's own
@@ -13,7 +13,10 @@ It still is the current task for the plugin's code: while a step runs,
 work, and it can be cancelled (``cancel``/``cancelling``/``uncancel`` as
 Task's). Futures other than the connection's own questions (sleeps, sockets,
 child tasks, gather) wake it through the loop, exactly as they wake a Task.
-Each CallTask runs in its own copy of the context, as a Task does.
+Each CallTask runs in its own copy of the context, as a Task does. It also has
+a Future's side (done callbacks, result) and the Task internals anyio reads
+(``_fut_waiter``, ``_must_cancel``, ``_callbacks``, weak references), so
+httpx and anyio work in plugins (tests/test_calltask_libraries.py).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ OnDone = Callable[[Any, BaseException | None], None]
 
 class CallTask:
     __slots__ = (
-        "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_loop", "_must_cancel",
-        "_on_done", "_quick", "_waiter",
+        "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks", "_error",
+        "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter", "__weakref__",
     )  # fmt: skip
 
     def __init__(
@@ -54,6 +57,11 @@ class CallTask:
         self._cancel_msg: Any = None
         self._cancels = 0
         self._done = False
+        self._done_callbacks: list[tuple[Callable[[Any], object], contextvars.Context]] | None = (
+            None
+        )
+        self._result: Any = None
+        self._error: BaseException | None = None
 
     # -- driven by the connection
 
@@ -124,6 +132,50 @@ class CallTask:
     def get_name(self) -> str:
         return f"call-{id(self):x}"
 
+    # Future's side of a Task, and the private attributes anyio (httpx, ...) reads.
+
+    def add_done_callback(
+        self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        ctx = contextvars.copy_context() if context is None else context
+        if self._done:
+            self._loop.call_soon(fn, self, context=ctx)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [(fn, ctx)]
+        else:
+            self._done_callbacks.append((fn, ctx))
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        callbacks = self._done_callbacks or []
+        kept = [(f, ctx) for f, ctx in callbacks if f != fn]
+        self._done_callbacks = kept
+        return len(callbacks) - len(kept)
+
+    def cancelled(self) -> bool:
+        return self._done and isinstance(self._error, asyncio.CancelledError)
+
+    def result(self) -> Any:
+        if not self._done:
+            raise asyncio.InvalidStateError("the call is not done")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        if not self._done:
+            raise asyncio.InvalidStateError("the call is not done")
+        if isinstance(self._error, asyncio.CancelledError):
+            raise self._error
+        return self._error
+
+    @property
+    def _fut_waiter(self) -> Any:
+        return self._waiter
+
+    @property
+    def _callbacks(self) -> list[tuple[Callable[[Any], object], contextvars.Context]]:
+        return list(self._done_callbacks or ())
+
     def __repr__(self) -> str:
         return f"<CallTask {'done' if self._done else 'pending'} coro={self._coro!r}>"
 
@@ -189,4 +241,10 @@ class CallTask:
     def _finish(self, result: Any, error: BaseException | None) -> None:
         self._done = True
         self._waiter = self._quick = None
+        self._result, self._error = result, error
         self._on_done(result, error)
+        callbacks = self._done_callbacks
+        if callbacks is not None:  # somebody waits on the call itself (rare)
+            for fn, ctx in callbacks:
+                self._loop.call_soon(fn, self, context=ctx)
+            self._done_callbacks = None
