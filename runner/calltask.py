@@ -40,8 +40,8 @@ OnDone = Callable[[Any, BaseException | None], None]
 
 class CallTask:
     __slots__ = (
-        "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks", "_error",
-        "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter", "__weakref__",
+        "__weakref__", "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks",
+        "_error", "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter",
     )  # fmt: skip
 
     def __init__(
