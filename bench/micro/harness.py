@@ -6,7 +6,7 @@ fake transport, prepares one route, and feeds it the load generator's
 realistic HTTPReqCall frame (built with the flatc-generated code, as APISIX
 would). Whatever the runner writes back is checked for its type only. ExtraInfo
 questions are answered on the next loop iteration, as a reply from APISIX
-would arrive, so an ``async def`` chain goes through the real task machinery.
+would arrive, so an ``async def`` chain goes through the real call machinery (CallTask).
 
 What this measures is the runner's Python cost per call: decoding, the conf
 lookup, the chain, the reply. The kernel's share (one read and one write per
