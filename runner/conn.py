@@ -310,12 +310,16 @@ class Connection(asyncio.BufferedProtocol):
         if exc is None:
             assert frame is not None
         elif isinstance(exc, asyncio.CancelledError):
-            if not expired:
+            if self._transport is None:
                 return  # the connection is gone: nobody to answer
-            log.error(
-                "request %d: plugins did not finish within %.1f s; answering SERVICE_UNAVAILABLE",
-                req_id, self._state.call_timeout,
-            )  # fmt: skip
+            if expired:
+                log.error(
+                    "request %d: plugins did not finish within %.1f s; answering "
+                    "SERVICE_UNAVAILABLE", req_id, self._state.call_timeout,
+                )  # fmt: skip
+            else:  # a plugin cancelled its own call: APISIX still needs an answer
+                log.error("request %d: the call was cancelled; answering SERVICE_UNAVAILABLE",
+                          req_id)  # fmt: skip
             frame = dispatch.ERR_UNAVAILABLE
         elif isinstance(exc, Exception):
             frame = dispatch.failure_frame(exc, f"request {req_id}")

@@ -106,6 +106,17 @@ class Sleep(Plugin):
         response.stop(200, "woke up")
 
 
+class CancelSelf(Plugin):
+    name = "t-cancel-self"
+
+    async def filter(self, conf: str, request: Request, response: Response) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        await asyncio.sleep(60)  # raises CancelledError at once
+        response.stop(200, "not cancelled")
+
+
 class ShortTimeoutVar(Plugin):
     name = "t-short-timeout-var"
 
@@ -357,3 +368,24 @@ def test_child_task_asks_while_the_plugin_awaits_a_var(async_runner: RunningRunn
             assert json.loads(stop_body(result.action)) == ["A", "B"]
 
     arun(scenario(), timeout=10)
+
+
+def test_a_call_that_cancels_itself_is_answered(async_runner: RunningRunner) -> None:
+    """A plugin that cancels its own call: APISIX still gets SERVICE_UNAVAILABLE
+    at once (not its 60 s timeout), and the connection goes on."""
+
+    async def scenario() -> None:
+        async with await async_runner.client() as client:
+            token = await token_for(client, "t-cancel-self")
+            ok = await token_for(client, "t-current-task", key="route#2#ext-plugin-pre-req#x")
+            for _ in range(2):
+                started = time.monotonic()
+                with pytest.raises(RunnerError) as err:
+                    await asyncio.wait_for(client.call(token, HTTPRequest()), CALL_TIMEOUT)
+                assert err.value.code == SERVICE_UNAVAILABLE
+                assert time.monotonic() - started < CALL_TIMEOUT
+                result = await client.call(ok, HTTPRequest(vars={"remote_addr": "1.1.1.1"}))
+                assert stop_body(result.action) == b"task ok, done=False"
+
+    arun(scenario(), timeout=10)
+    assert "the call was cancelled" in wait_for_log(async_runner, "the call was cancelled")
