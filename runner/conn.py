@@ -49,6 +49,7 @@ PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
 REQ_CALL = RPC_NAMES[RpcType.HTTP_REQ_CALL]
 RESP_CALL = RPC_NAMES[RpcType.HTTP_RESP_CALL]
 _EXTRA_INFO = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
+_OUTCOMES = dispatch.OUTCOMES
 
 
 class ServerState:
@@ -195,7 +196,7 @@ class Connection(asyncio.BufferedProtocol):
         if metrics is not None:
             seconds = perf_counter() - t0
             stats = metrics.rpc[rpc]
-            error = dispatch.OUTCOMES.get(id(frame))  # the shared error frames
+            error = _OUTCOMES.get(id(frame))  # the shared error frames
             if error is None:
                 stats.ok += 1
             else:
