@@ -53,6 +53,23 @@ _u16x2_at = _u16s_at[2]
 _u32s_at = tuple(struct.Struct(f"<{n}I").unpack_from for n in range(65))
 
 
+_TOO_SHORT = "a {}-byte payload is too short for a flatbuffer"
+
+
+def _vtable_of(buf: memoryview, pos: int, size: int) -> tuple[int, int]:
+    """(position, size) of the vtable of the table at ``pos``, checked
+    against the buffer: the one gate every table read passes."""
+    if pos < 0 or pos + 4 > size:
+        raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
+    vt = pos - _i32_at(buf, pos)[0]
+    if vt < 0 or vt + 4 > size:
+        raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
+    vtlen: int = _u16_at(buf, vt)[0]
+    if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
+        raise DecodeError(f"bad vtable size {vtlen}")
+    return vt, vtlen
+
+
 class Table:
     """A view of one table inside a received buffer. Nothing is decoded until
     a field is asked for.
@@ -67,14 +84,7 @@ class Table:
 
     def __init__(self, buf: memoryview, pos: int) -> None:
         size = len(buf)
-        if pos < 0 or pos + 4 > size:
-            raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
-        vt = pos - _i32_at(buf, pos)[0]
-        if vt < 0 or vt + 4 > size:
-            raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
-        vtlen = _u16_at(buf, vt)[0]
-        if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
-            raise DecodeError(f"bad vtable size {vtlen}")
+        vt, vtlen = _vtable_of(buf, pos, size)
         n = (vtlen - 4) >> 1
         self.offs: tuple[int, ...] = _u16s_at[n if n < _CACHED_FIELDS else _CACHED_FIELDS](
             buf, vt + 4
@@ -83,20 +93,13 @@ class Table:
 
     @classmethod
     def root(cls, buf: memoryview) -> Table:
-        """The root table. Same checks as ``__init__``, without the extra
-        call: every message starts here."""
+        """The root table; ``__init__`` written out (one call less: every
+        message starts here)."""
         size = len(buf)
         if size < 8:
-            raise DecodeError(f"a {size}-byte payload is too short for a flatbuffer")
+            raise DecodeError(_TOO_SHORT.format(size))
         pos = u32_at(buf, 0)[0]
-        if pos + 4 > size:
-            raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
-        vt = pos - _i32_at(buf, pos)[0]
-        if vt < 0 or vt + 4 > size:
-            raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
-        vtlen = _u16_at(buf, vt)[0]
-        if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
-            raise DecodeError(f"bad vtable size {vtlen}")
+        vt, vtlen = _vtable_of(buf, pos, size)
         n = (vtlen - 4) >> 1
         t = cls.__new__(cls)
         t.offs = _u16s_at[n if n < _CACHED_FIELDS else _CACHED_FIELDS](buf, vt + 4)
@@ -265,16 +268,9 @@ def root_bytes0(buf: memoryview) -> bytes | None:
     Same checks as the Table path."""
     size = len(buf)
     if size < 8:
-        raise DecodeError(f"a {size}-byte payload is too short for a flatbuffer")
+        raise DecodeError(_TOO_SHORT.format(size))
     pos = u32_at(buf, 0)[0]
-    if pos + 4 > size:
-        raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
-    vt = pos - _i32_at(buf, pos)[0]
-    if vt < 0 or vt + 4 > size:
-        raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
-    vtlen = _u16_at(buf, vt)[0]
-    if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
-        raise DecodeError(f"bad vtable size {vtlen}")
+    vt, vtlen = _vtable_of(buf, pos, size)
     off = _u16_at(buf, vt + 4)[0] if vtlen >= 6 else 0
     if not off:
         return None
