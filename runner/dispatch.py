@@ -127,8 +127,7 @@ def _sync_outcome(exc: Exception) -> str:
 
 
 def _call_timed(step: Step, stats: PluginStats, request: Request, response: Response) -> None:
-    """One plain ``def`` step with metrics on: its outcome and time counted
-    (``_count_req`` written out: this runs for every plugin of every call)."""
+    """One plain ``def`` step with metrics on: its outcome and time counted."""
     mark = request.change_count(response)
     t0 = perf_counter()
     try:
@@ -138,15 +137,7 @@ def _call_timed(step: Step, stats: PluginStats, request: Request, response: Resp
     except Exception as exc:
         _failed(step, exc, _sync_outcome(exc), perf_counter() - t0)
         return
-    seconds = perf_counter() - t0
-    if response.stopped:
-        stats.stop += 1
-    elif request.change_count(response) != mark:
-        stats.rewrite += 1
-    else:
-        stats.passed += 1
-    stats.counts[bisect_left(BUCKETS, seconds)] += 1
-    stats.sum += seconds
+    _count_req(stats, mark, request, response, perf_counter() - t0)
 
 
 async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
