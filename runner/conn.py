@@ -74,22 +74,19 @@ class ServerState:
         self.sweep_interval = min(0.1, call_timeout / 20)
         self.sweeping = False
 
-    def watch_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the deadline sweep unless it runs (called as an async call starts)."""
-        if not self.sweeping:
-            self.sweeping = True
-            loop.call_later(self.sweep_interval, self._sweep, loop)
+    def arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule the next deadline sweep (an async call starts while none
+        is scheduled, or the last sweep left calls in flight)."""
+        self.sweeping = True
+        loop.call_later(self.sweep_interval, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for conn in list(self.connections):
             conn.expire_if_late(now)
         self.sweeping = False
-        if self.async_in_flight():
-            self.watch_deadlines(loop)
-
-    def async_in_flight(self) -> bool:
-        return any(conn.has_call for conn in self.connections)
+        if self.busy:
+            self.arm_sweep(loop)
 
     @property
     def calls(self) -> int:
@@ -289,12 +286,8 @@ class Connection(asyncio.BufferedProtocol):
         call = self._call = CallTask(work, loop, self._finish)
         self._deadline = loop.time() + state.call_timeout
         if not state.sweeping:
-            state.watch_deadlines(loop)
+            state.arm_sweep(loop)
         call.start()  # runs up to the first ExtraInfo question, or to the end
-
-    @property
-    def has_call(self) -> bool:
-        return self._call is not None
 
     def expire_if_late(self, now: float) -> None:
         """Cancel the call in flight if its deadline passed (ServerState's sweep)."""
@@ -344,8 +337,7 @@ class Connection(asyncio.BufferedProtocol):
         self._questions.append(fut)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
-        if self._transport is not None:
-            self._transport.write(build_extra_info(info_type, name))
+        self._write(build_extra_info(info_type, name))
         return fut
 
     def _answer(self, rpc_type: int, payload: memoryview) -> None:
