@@ -66,10 +66,7 @@ class CallTask:
     # -- driven by the connection
 
     def start(self) -> None:
-        if self._loop not in _current_tasks:
-            self._step(None)
-        else:  # started from inside a task (tests do): asyncio allows one at a time
-            self._loop.call_soon(self._step, None)
+        self._resume()
 
     def question(self) -> asyncio.Future[Any]:
         """A new future the owner will resolve and then call :meth:`answered`
@@ -86,11 +83,7 @@ class CallTask:
     def answered(self, fut: asyncio.Future[Any]) -> None:
         """``fut`` (from :meth:`question`) has its result: resume now if it is awaited."""
         if self._waiter is fut and self._quick is fut:
-            if self._loop not in _current_tasks:
-                self._step(None)
-            else:
-                self._waiter = None
-                self._loop.call_soon(self._step, None)
+            self._resume()
 
     # -- the parts of asyncio.Task's API that asyncio and libraries use on the current task
 
@@ -102,9 +95,8 @@ class CallTask:
         if waiter is not None:
             if waiter is self._quick:
                 # Nobody else wakes us for this one: resume, and the await raises.
-                self._waiter = None
                 waiter.cancel(msg)
-                self._loop.call_soon(self._step, None)
+                self._resume_soon()
                 return True
             if waiter.cancel(msg):
                 return True  # its done-callback wakes us with CancelledError
@@ -181,6 +173,17 @@ class CallTask:
 
     # -- stepping
 
+    def _resume(self) -> None:
+        if self._loop not in _current_tasks:
+            self._step(None)
+        else:  # driven from inside a task (tests do): asyncio allows one at a time
+            self._resume_soon()
+
+    def _resume_soon(self) -> None:
+        """Step a loop round later; until then nothing else may step it."""
+        self._waiter = None
+        self._loop.call_soon(self._step, None)
+
     def _step(self, exc: BaseException | None) -> None:
         if self._done:
             return
@@ -225,8 +228,7 @@ class CallTask:
             if self._must_cancel and result.cancel(self._cancel_msg):
                 self._must_cancel = False
                 if result is self._quick:
-                    self._waiter = None
-                    self._loop.call_soon(self._step, None)
+                    self._resume_soon()
         elif result is None:
             self._loop.call_soon(self._step, None)  # a bare yield (asyncio.sleep(0))
         else:
