@@ -186,10 +186,6 @@ class Request:
             self._new_body,
         )
 
-    def header_changes(self) -> list[tuple[str, str | None]]:
-        h = self._headers  # rewrite_entries() of an unchanged dict is [] (no .changed call)
-        return [] if h is None else h.rewrite_entries()
-
 
 class Response:
     """The response the client gets. Setting ``status`` or ``body`` stops the
