@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-from collections.abc import Callable, Coroutine, Generator, Iterator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
-
-import pytest
-import uvloop
 
 from runner.calltask import CallTask
 
@@ -25,15 +22,6 @@ Outcome = tuple[Any, BaseException | None]
 # Upper bound for anything that should take a few loop rounds: a call that
 # hangs fails its test instead of the suite.
 BOUND_S = 2.0
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 def run_until(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], timeout: float) -> bool:

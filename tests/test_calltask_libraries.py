@@ -15,19 +15,9 @@ import aiohttp
 import anyio
 import httpx
 import pytest
-import uvloop
 from aiohttp import web
 
 from tests.test_calltask import Harness
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 class Server:
