@@ -24,16 +24,16 @@ from typing import cast
 import flatbuffers
 import uvloop
 
-from runner._a6.A6 import TextEntry
-from runner._a6.A6.Err import Code as ErrCode
-from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.ExtraInfo import Info as XInfo
-from runner._a6.A6.ExtraInfo import Req as XReq
-from runner._a6.A6.ExtraInfo import Var as XVar
-from runner._a6.A6.HTTPReqCall import Action as CallAction
-from runner._a6.A6.HTTPReqCall import Resp as CallResp
-from runner._a6.A6.HTTPReqCall import Stop as CallStop
-from runner._a6.A6.PrepareConf import Resp as PrepResp
+from runner.testing._a6.A6 import TextEntry
+from runner.testing._a6.A6.Err import Code as ErrCode
+from runner.testing._a6.A6.Err import Resp as ErrResp
+from runner.testing._a6.A6.ExtraInfo import Info as XInfo
+from runner.testing._a6.A6.ExtraInfo import Req as XReq
+from runner.testing._a6.A6.ExtraInfo import Var as XVar
+from runner.testing._a6.A6.HTTPReqCall import Action as CallAction
+from runner.testing._a6.A6.HTTPReqCall import Resp as CallResp
+from runner.testing._a6.A6.HTTPReqCall import Stop as CallStop
+from runner.testing._a6.A6.PrepareConf import Resp as PrepResp
 
 RPC_ERROR, RPC_PREPARE_CONF, RPC_HTTP_REQ_CALL, RPC_EXTRA_INFO = 0, 1, 2, 3
 BUFFER_SIZE = 256 * 1024

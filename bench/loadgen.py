@@ -60,16 +60,16 @@ import flatbuffers
 import uvloop
 import yaml
 
-from runner._a6.A6 import Method
-from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.ExtraInfo import Info as XInfo
-from runner._a6.A6.ExtraInfo import Req as XReq
-from runner._a6.A6.ExtraInfo import Resp as XResp
-from runner._a6.A6.ExtraInfo import Var as XVar
-from runner._a6.A6.HTTPReqCall import Req as CallReq
-from runner._a6.A6.PrepareConf import Req as PrepReq
-from runner._a6.A6.PrepareConf import Resp as PrepResp
 from runner.testing import text_vector
+from runner.testing._a6.A6 import Method
+from runner.testing._a6.A6.Err import Resp as ErrResp
+from runner.testing._a6.A6.ExtraInfo import Info as XInfo
+from runner.testing._a6.A6.ExtraInfo import Req as XReq
+from runner.testing._a6.A6.ExtraInfo import Resp as XResp
+from runner.testing._a6.A6.ExtraInfo import Var as XVar
+from runner.testing._a6.A6.HTTPReqCall import Req as CallReq
+from runner.testing._a6.A6.PrepareConf import Req as PrepReq
+from runner.testing._a6.A6.PrepareConf import Resp as PrepResp
 
 RPC_ERROR, RPC_PREPARE_CONF, RPC_HTTP_REQ_CALL, RPC_EXTRA_INFO = 0, 1, 2, 3
 ERR_KINDS = {0: "bad_request", 1: "service_unavailable", 2: "conf_token_not_found"}

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from runner import Plugin, Request, Response
-from runner.outage import OutageLog, describe
+from runner.ops.outage import OutageLog, describe
 
 if TYPE_CHECKING:
     import aiohttp

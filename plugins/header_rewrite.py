@@ -60,7 +60,7 @@ class HeaderRewrite(Plugin):
     def filter(self, conf: HeaderRewriteConfig, request: Request, response: Response) -> None:
         headers = request.headers
         # discard() and item assignment record changes without decoding the
-        # request's headers (runner.multidict keeps them as overrides).
+        # request's headers (runner.api.multidict keeps them as overrides).
         for name in conf.remove_headers:
             headers.discard(name)
         for name, value in conf.add_headers.items():

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from runner import Plugin, Request, Response
-from runner.outage import OutageLog
+from runner.ops.outage import OutageLog
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from runner import Plugin, Request, Response
-from runner.multidict import MultiDict
+from runner.api.multidict import MultiDict
 
 
 class RewriteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -16,9 +16,9 @@ Plugin authors need only this module::
             request.headers[conf.header] = conf.value
 """
 
-from .http import Request, Response, UpstreamResponse
-from .multidict import Args, Headers
-from .plugins import ConfError, Plugin
+from runner.api.http import Request, Response, UpstreamResponse
+from runner.api.multidict import Args, Headers
+from runner.api.plugin import ConfError, Plugin
 
 __all__ = ["Args", "ConfError", "Headers", "Plugin", "Request", "Response", "UpstreamResponse"]
 __version__ = "0.1.0"

@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .plugins import PluginError
-from .settings import Settings, SettingsError, load_settings
+from runner.api.plugin import PluginError
+from runner.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("runner")
 
@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(settings: Settings) -> int:
-    from .server import insecure_plugin_paths
-    from .supervisor import load_all
+    from runner.server.startup import insecure_plugin_paths
+    from runner.server.supervisor import load_all
 
     try:
         plugins = load_all(settings)
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from .server import serve
+    from runner.server.startup import serve
 
     try:
         return serve(settings, args.config, foreground=args.foreground)

@@ -19,10 +19,38 @@ from typing import Annotated, Literal
 import msgspec
 import yaml
 
-from .policy import PluginOptions
-
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class PluginOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the runner does with a plugin that fails, hangs or blocks.
+
+    Set per plugin in ``config.yaml`` (``plugin_options``) or by the plugin class
+    itself (``blocking = True`` on a plugin whose ``def filter`` does blocking I/O)::
+
+        plugin_options:
+          geoip:      {fail_open: true, timeout: 0.2}   # skipped when it fails or is late
+          legacy-db:  {blocking: true}                  # its def filter runs in a thread
+    """
+
+    # true: when the plugin raises or misses its deadline, log it, count it and
+    # go on with the rest of the chain; false (default): the call fails (503).
+    fail_open: bool = False
+    # The plugin's own deadline in seconds (async and blocking plugins);
+    # default: the call's (call_timeout).
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # Run a plain `def` filter in a thread so blocking I/O cannot freeze the loop.
+    blocking: bool = False
+
+    @classmethod
+    def of(cls, plugin: object) -> PluginOptions | None:
+        """Options a plugin class declares for itself (class attributes)."""
+        blocking = bool(getattr(plugin, "blocking", False))
+        fail_open = bool(getattr(plugin, "fail_open", False))
+        if not (blocking or fail_open):
+            return None
+        return cls(blocking=blocking, fail_open=fail_open)
 
 
 class SettingsError(ValueError):
@@ -96,9 +124,9 @@ class Settings(_Base, frozen=True):
     # (APISIX itself gives up after 60 s).
     call_timeout: Seconds = 10.0
     # A plain `def` plugin that holds the event loop longer is interrupted
-    # (its call fails, or it is skipped when fail_open); see runner.watchdog.
+    # (its call fails, or it is skipped when fail_open); see runner.server.watchdog.
     inline_timeout: Seconds = 2.0
-    # Per plugin: fail_open, timeout, blocking (see runner.policy).
+    # Per plugin: fail_open, timeout, blocking (see PluginOptions).
     plugin_options: dict[str, PluginOptions] = msgspec.field(default_factory=dict)
     # Replace a worker after this many calls (0: never), plus a random
     # 0..max_requests_jitter so workers do not all restart together. A

@@ -5,7 +5,7 @@ does them: decode every field of a request up front into dicts, build each
 reply field by field with a Builder.
 
 Nothing here is used by the runner. Each function returns the same frame or
-the same values as its counterpart in runner.proto / runner.dispatch, which
+the same values as its counterpart in runner.proto / runner.api.dispatch, which
 the benchmarks check before timing anything.
 """
 
@@ -17,18 +17,18 @@ from typing import Any
 
 import flatbuffers
 
-from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.ExtraInfo import Info as XInfo
-from runner._a6.A6.ExtraInfo import Req as XReq
-from runner._a6.A6.ExtraInfo import Resp as XResp
-from runner._a6.A6.ExtraInfo import Var as XVar
-from runner._a6.A6.HTTPReqCall import Action as CallAction
-from runner._a6.A6.HTTPReqCall import Req as CallReq
-from runner._a6.A6.HTTPReqCall import Resp as CallResp
-from runner._a6.A6.HTTPReqCall import Rewrite as CallRewrite
-from runner._a6.A6.HTTPReqCall import Stop as CallStop
-from runner._a6.A6.HTTPRespCall import Resp as RespCallResp
 from runner.testing import text_vector
+from runner.testing._a6.A6.Err import Resp as ErrResp
+from runner.testing._a6.A6.ExtraInfo import Info as XInfo
+from runner.testing._a6.A6.ExtraInfo import Req as XReq
+from runner.testing._a6.A6.ExtraInfo import Resp as XResp
+from runner.testing._a6.A6.ExtraInfo import Var as XVar
+from runner.testing._a6.A6.HTTPReqCall import Action as CallAction
+from runner.testing._a6.A6.HTTPReqCall import Req as CallReq
+from runner.testing._a6.A6.HTTPReqCall import Resp as CallResp
+from runner.testing._a6.A6.HTTPReqCall import Rewrite as CallRewrite
+from runner.testing._a6.A6.HTTPReqCall import Stop as CallStop
+from runner.testing._a6.A6.HTTPRespCall import Resp as RespCallResp
 
 Pairs = Sequence[tuple[str, str | None]]
 METHODS = (

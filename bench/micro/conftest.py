@@ -14,7 +14,7 @@ import pytest
 
 from bench import loadgen
 from bench.micro import harness
-from runner.confstore import ConfStore
+from runner.conf.confstore import ConfStore
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The runner's hot path in one process, without sockets: for profiling and
 for comparing two versions of the code side by side.
 
-:class:`InProcess` builds a worker's :class:`~runner.conn.Connection` around a
+:class:`InProcess` builds a worker's :class:`~runner.server.conn.Connection` around a
 fake transport, prepares one route, and feeds it the load generator's
 realistic HTTPReqCall frame (built with the flatc-generated code, as APISIX
 would). Whatever the runner writes back is checked for its type only. ExtraInfo
@@ -31,10 +31,11 @@ from typing import Any
 import uvloop
 
 from bench import loadgen
-from runner.confstore import ConfStore, RawConf
-from runner.conn import Connection, ServerState
-from runner.plugins import Plugin, load_plugins
-from runner.server import bundled_plugins_dir
+from runner.api.discovery import bundled_plugins_dir, load_plugins
+from runner.api.plugin import Plugin
+from runner.compat import ADAPTERS
+from runner.conf.confstore import ConfStore, RawConf
+from runner.server.conn import Connection, ServerState
 
 # The target table's workloads (bench/loadgen.py), plus the bundled rewrite
 # plugin with constant values for comparison; stop-64 differs from stop only
@@ -76,7 +77,7 @@ def plugins() -> dict[str, Plugin]:
     """The bundled plugins and the bench plugins, loaded once per process."""
     if not _PLUGINS:
         dirs = [bundled_plugins_dir(), Path(loadgen.BENCH_PLUGINS)]
-        _PLUGINS.update(load_plugins(dirs, entry_points=False))
+        _PLUGINS.update(load_plugins(dirs, entry_points=False, adapters=ADAPTERS))
     return _PLUGINS
 
 
@@ -200,8 +201,8 @@ def breakdown(name: str, calls: int) -> list[tuple[str, float]]:
     """The stages of one call of a plain ``def`` chain, each timed alone
     (CPU us, best of 7); the connection and dispatch glue is what is left of
     the whole call once they are taken out."""
-    from runner import dispatch
-    from runner.http import Request, Response
+    from runner.api import dispatch
+    from runner.api.http import Request, Response
     from runner.proto import FrameDecoder, ReqCallView
 
     bench = InProcess(WORKLOADS[name])

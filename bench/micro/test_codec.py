@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from bench.micro import baseline
-from runner import testing
 from runner.proto import (
     ErrCode,
     ExtraInfoResp,
@@ -29,6 +28,7 @@ from runner.proto import (
     build_req_call_stop,
     build_resp_call_resp,
 )
+from runner.testing import frames as testing
 
 IMPLS = ["runner", "flatc"]
 REQ_ID = 0x00400001
@@ -161,11 +161,11 @@ def same_reply(ours: bytes | bytearray, theirs: bytes) -> None:
         a = testing.parse_resp_call_resp(bytes(ours[4:]), [])
         b = testing.parse_resp_call_resp(theirs[4:], [])
     elif ours[0] == 3:
-        a = testing._parse_extra_info_req(bytes(ours[4:]))
-        b = testing._parse_extra_info_req(theirs[4:])
+        a = testing.parse_extra_info_req(bytes(ours[4:]))
+        b = testing.parse_extra_info_req(theirs[4:])
     else:
-        a = testing._parse_err(bytes(ours[4:])).code
-        b = testing._parse_err(theirs[4:]).code
+        a = testing.parse_err(bytes(ours[4:])).code
+        b = testing.parse_err(theirs[4:]).code
     assert a == b
 
 

@@ -1,7 +1,7 @@
 """Conf lookup and chain dispatch: runner against a plain runner.
 
 ``runner`` is what a worker does with a call once its frame is cut out:
-ReqCallView, the chain from the ConfStore, runner.dispatch.run_req_sync,
+ReqCallView, the chain from the ConfStore, runner.api.dispatch.run_req_sync,
 the reply frame. ``flatc`` is the straightforward way (baseline.py): decode
 every field with the generated code, run the same plugin logic on dicts,
 build the reply with flatbuffers.Builder.
@@ -18,8 +18,9 @@ import pytest
 from bench.micro import baseline
 from bench.micro.conftest import TOKENS
 from bench.micro.test_codec import IMPLS, Bench, pick, same_reply
-from runner import dispatch
-from runner.confstore import Chain, ConfStore
+from runner.api import dispatch
+from runner.api.chain import Chain
+from runner.conf.confstore import ConfStore
 from runner.proto import ReqCallView
 
 

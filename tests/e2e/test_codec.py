@@ -2,7 +2,7 @@
 through its test location, against the Python side:
 
 * what Lua encodes (what APISIX sends) is decoded by the runner's own views and
-  by the flatc-generated reference code in runner._a6;
+  by the flatc-generated reference code in runner.testing._a6;
 * what Lua decodes (what the runner answers) is produced by the runner's own
   builders and, in a different layout, by the flatc-generated builders.
 """
@@ -20,19 +20,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.gateway import rig
-from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.ExtraInfo import Req as ExtraInfoReq
-from runner._a6.A6.ExtraInfo import Var as VarMod
-from runner._a6.A6.HTTPReqCall import Req as ReqCallReq
-from runner._a6.A6.HTTPReqCall import Resp as ReqCallResp
-from runner._a6.A6.HTTPReqCall import Rewrite as RewriteMod
-from runner._a6.A6.HTTPReqCall import Stop as StopMod
-from runner._a6.A6.HTTPRespCall import Req as RespCallReq
-from runner._a6.A6.HTTPRespCall import Resp as RespCallResp
-from runner._a6.A6.PrepareConf import Req as PrepareConfReq
-from runner._a6.A6.PrepareConf import Resp as PrepareConfResp
 from runner.proto import messages as m
 from runner.testing import METHODS, encode_frame, text_vector
+from runner.testing._a6.A6.Err import Resp as ErrResp
+from runner.testing._a6.A6.ExtraInfo import Req as ExtraInfoReq
+from runner.testing._a6.A6.ExtraInfo import Var as VarMod
+from runner.testing._a6.A6.HTTPReqCall import Req as ReqCallReq
+from runner.testing._a6.A6.HTTPReqCall import Resp as ReqCallResp
+from runner.testing._a6.A6.HTTPReqCall import Rewrite as RewriteMod
+from runner.testing._a6.A6.HTTPReqCall import Stop as StopMod
+from runner.testing._a6.A6.HTTPRespCall import Req as RespCallReq
+from runner.testing._a6.A6.HTTPRespCall import Resp as RespCallResp
+from runner.testing._a6.A6.PrepareConf import Req as PrepareConfReq
+from runner.testing._a6.A6.PrepareConf import Resp as PrepareConfResp
 
 from .conftest import request
 

@@ -33,7 +33,7 @@ with atheris.instrument_imports(include=["runner.proto"]):
         RespCallView,
     )
 
-from runner import testing  # not instrumented: the reference, not the subject
+from runner.testing import frames as testing  # not instrumented: the reference, not the subject
 
 PREPARE, REQ, EXTRA, RESP = 1, 2, 3, 4
 

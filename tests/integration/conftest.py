@@ -4,7 +4,7 @@ the APISIX-like client of :mod:`runner.testing`.
 ``shared_runner`` is one runner per test module (bundled plugins plus the test
 plugins in ``plugins_fixture/``); tests that need their own process (config,
 lifecycle, log counting) use :func:`start_runner` or the ``runner_factory``
-fixture of :mod:`runner.pytest_plugin`.
+fixture of :mod:`runner.testing.pytest_plugin`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from runner._a6.A6.Err import Resp as ErrResp
-from runner._a6.A6.HTTPReqCall import Resp as ReqCallResp
-from runner._a6.A6.HTTPReqCall.Action import Action
-from runner._a6.A6.HTTPReqCall.Stop import Stop as StopTable
-from runner.pytest_plugin import RunningRunner, accepts, runner_env
+from runner.testing._a6.A6.Err import Resp as ErrResp
+from runner.testing._a6.A6.HTTPReqCall import Resp as ReqCallResp
+from runner.testing._a6.A6.HTTPReqCall.Action import Action
+from runner.testing._a6.A6.HTTPReqCall.Stop import Stop as StopTable
+from runner.testing.pytest_plugin import RunningRunner, accepts, runner_env
 
 PLUGINS_DIR = str(Path(__file__).resolve().parent / "plugins_fixture")
 START_DEADLINE_S = 15.0

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import HTTPRequest, Rewrite, RunnerError, Stop, apply_rewrite
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, log_since, normalized, wait_for_log
 

@@ -1,6 +1,6 @@
 """Async plugins that use asyncio the way plugin authors do (timeouts,
 gather, wait_for, current_task, child tasks), run end to end by a real runner
-whose calls are stepped by runner.calltask.CallTask; and the call deadline
+whose calls are stepped by runner.api.calltask.CallTask; and the call deadline
 (``call_timeout``) for plugins that never finish."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     RPC_ERROR,
     RPC_EXTRA_INFO,
@@ -25,6 +24,7 @@ from runner.testing import (
     build_req_call,
 )
 from runner.testing import build_extra_info_resp as extra_info_resp
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, err_code, start_runner, stop_of_final, wait_for_log
 

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from runner._a6.A6.PrepareConf.Resp import Resp as PrepareConfResp
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     RPC_ERROR,
     RPC_HTTP_REQ_CALL,
@@ -44,6 +42,8 @@ from runner.testing import (
     encode_frame,
     parse_req_call_resp,
 )
+from runner.testing._a6.A6.PrepareConf.Resp import Resp as PrepareConfResp
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, err_code, start_runner
 

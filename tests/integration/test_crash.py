@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import Client, HTTPRequest, ProtocolError, RunnerError, Stop
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import PLUGINS_DIR, arun, start_runner
 

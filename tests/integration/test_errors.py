@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from runner.pytest_plugin import RunnerFactory, RunningRunner
 from runner.testing import (
     RPC_ERROR,
     RPC_EXTRA_INFO,
@@ -22,6 +21,7 @@ from runner.testing import (
     build_req_call,
 )
 from runner.testing import build_extra_info_resp as extra_info_resp
+from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
 from .conftest import (
     PLUGINS_DIR,

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     RPC_EXTRA_INFO,
     RPC_HTTP_REQ_CALL,
@@ -20,6 +19,7 @@ from runner.testing import (
     build_req_call,
 )
 from runner.testing import build_extra_info_resp as extra_info_resp
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, stop_of_final
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunnerFactory, RunningRunner
 from runner.testing import HTTPRequest, RunnerError, Stop
+from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
 from .conftest import PLUGINS_DIR, arun, remove_tree, runner_env, start_runner, write_config
 

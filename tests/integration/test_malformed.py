@@ -34,7 +34,6 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     MAX_PAYLOAD,
     RPC_ERROR,
@@ -51,6 +50,7 @@ from runner.testing import (
     build_resp_call,
     encode_frame,
 )
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import PLUGINS_DIR, arun, err_code, start_runner, stop_of_final
 

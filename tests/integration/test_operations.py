@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runner.pytest_plugin import RunnerFactory, RunningRunner
 from runner.testing import Client, HTTPRequest, Rewrite, RunnerError, Stop
+from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
 from .conftest import PLUGINS_DIR, arun
 
@@ -188,7 +188,7 @@ def test_check_validates_config_and_plugins(tmp_path: Path) -> None:
 
 def test_profile_written_per_worker(runner_factory: RunnerFactory, tmp_path: Path) -> None:
     # runner_factory has no CLI flag: start by hand like it does.
-    from runner.pytest_plugin import accepts, runner_env
+    from runner.testing.pytest_plugin import accepts, runner_env
 
     sock = f"/tmp/ar-prof-{os.getpid()}.sock"
     prof_dir = tmp_path / "prof"
@@ -360,7 +360,7 @@ def test_socket_owner_and_group_applied(runner_factory: RunnerFactory) -> None:
 def test_unknown_socket_owner_stops_start_up(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"socket": {"owner": "no-such-user-xyz"}}))
-    from runner.pytest_plugin import runner_env
+    from runner.testing.pytest_plugin import runner_env
 
     res = subprocess.run(
         [sys.executable, "-m", "runner", "start", "--config", str(cfg), "--foreground"],
@@ -385,7 +385,7 @@ def test_world_writable_plugin_dir_warns(runner_factory: RunnerFactory, tmp_path
 def test_runs_with_the_environment_nginx_passes(tmp_path: Path) -> None:
     """nginx passes the runner only PATH and APISIX's variables (no LANG or
     LC_*, PROTOCOL.md §4): config, plugins and logs must not depend on a locale."""
-    from runner.pytest_plugin import accepts
+    from runner.testing.pytest_plugin import accepts
 
     cfg = tmp_path / "config.yaml"
     cfg.write_text("# réglages — ünïcode\nlogging:\n  file: " + str(tmp_path / "r.log") + "\n",

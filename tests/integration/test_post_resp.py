@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import HTTPRequest
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, normalized
 

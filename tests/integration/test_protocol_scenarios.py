@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import HTTPRequest, Rewrite, Stop
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import arun, normalized
 

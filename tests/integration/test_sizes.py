@@ -27,13 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from runner._a6.A6.ExtraInfo.Req import Req as ExtraInfoReq
 from runner.proto import (
     build_req_call_rewrite,
     build_req_call_stop,
     build_resp_call_resp,
 )
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     MAX_PAYLOAD,
     RPC_ERROR,
@@ -50,6 +48,8 @@ from runner.testing import (
     parse_req_call_resp,
     parse_resp_call_resp,
 )
+from runner.testing._a6.A6.ExtraInfo.Req import Req as ExtraInfoReq
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import PLUGINS_DIR, arun, err_code, start_runner, wait_for_log
 

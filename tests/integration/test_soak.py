@@ -42,7 +42,6 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunningRunner
 from runner.testing import (
     Client,
     HTTPRequest,
@@ -51,6 +50,7 @@ from runner.testing import (
     RunnerError,
     Stop,
 )
+from runner.testing.pytest_plugin import RunningRunner
 
 from .conftest import PLUGINS_DIR, arun, start_runner
 

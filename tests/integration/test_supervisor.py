@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.pytest_plugin import RunnerFactory, RunningRunner
 from runner.testing import Client, HTTPRequest, ProtocolError, RunnerError, Stop
+from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
 from .conftest import accepts, arun, remove_tree, runner_env, write_config
 

@@ -16,7 +16,6 @@ import pytest
 
 from runner import ConfError
 from runner.bundled_plugins.async_auth import AsyncAuth, Decision, _DecisionCache
-from runner.pytest_plugin import RunnerFactory
 from runner.testing import (
     HTTPRequest,
     PluginTester,
@@ -25,6 +24,7 @@ from runner.testing import (
     Stop,
     apply_rewrite,
 )
+from runner.testing.pytest_plugin import RunnerFactory
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is used here
     from conftest import AuthService

@@ -10,9 +10,9 @@ import pytest
 
 from runner import ConfError, Request, Response
 from runner.bundled_plugins.header_rewrite import HeaderRewrite
-from runner.plugintest import PluginTester
-from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, Rewrite, RunnerError, apply_rewrite
+from runner.testing.plugintest import PluginTester
+from runner.testing.pytest_plugin import RunnerFactory
 
 NAME = "header-rewrite"
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from runner import ConfError
 from runner.bundled_plugins.jwt_auth import JwtAuth, JwtAuthConfig
-from runner.plugintest import PluginTester
-from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, Rewrite, RunnerError, Stop, apply_rewrite
+from runner.testing.plugintest import PluginTester
+from runner.testing.pytest_plugin import RunnerFactory
 
 NAME = "jwt-auth"
 SECRET = "unit-test-hmac-secret-" + "0123456789abcdef" * 3  # HS512 wants >= 64 bytes

@@ -16,8 +16,8 @@ import pytest
 
 from runner import ConfError
 from runner.bundled_plugins.redis_limit import RedisLimit
-from runner.pytest_plugin import RunnerFactory, RunningRunner
 from runner.testing import Client, HTTPRequest, PluginTester, ReqCallResult, Rewrite, Stop
+from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is used here
     from conftest import RedisServer

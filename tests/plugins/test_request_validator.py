@@ -13,9 +13,9 @@ import pytest
 
 from runner import ConfError
 from runner.bundled_plugins.request_validator import MAX_MESSAGE, RequestValidator
-from runner.plugintest import PluginTester
-from runner.pytest_plugin import RunnerFactory
 from runner.testing import HTTPRequest, RunnerError, Stop
+from runner.testing.plugintest import PluginTester
+from runner.testing.pytest_plugin import RunnerFactory
 
 NAME = "request-validator"
 USER_SCHEMA: dict[str, Any] = {

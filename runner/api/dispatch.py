@@ -1,0 +1,256 @@
+"""Runs plugin chains and turns their outcome into reply frames.
+
+No I/O here: the connection hands in decoded views and an ``ask`` function for
+ExtraInfo, and gets back the bytes of the final frame. Exceptions map to
+protocol errors: a plugin that raises becomes SERVICE_UNAVAILABLE (logged with
+its traceback and name), a malformed request BAD_REQUEST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from time import perf_counter
+from typing import Any
+
+from runner.api.chain import Chain, Step
+from runner.api.http import Ask, Request, Response, UpstreamResponse
+from runner.ops import logs
+from runner.ops.metrics import BUCKETS, PluginStats
+from runner.proto import (
+    DecodeError,
+    ErrCode,
+    FrameTooLarge,
+    ReqCallView,
+    RespCallView,
+    build_err,
+    build_req_call_none,
+    build_req_call_rewrite,
+    build_req_call_stop,
+    build_resp_call_resp,
+)
+
+log = logging.getLogger("runner.dispatch")
+
+Frame = bytes | bytearray
+
+ERR_BAD_REQUEST = build_err(ErrCode.BAD_REQUEST)
+ERR_UNAVAILABLE = build_err(ErrCode.SERVICE_UNAVAILABLE)
+ERR_TOKEN_NOT_FOUND = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
+# Metrics outcome of a call, by the identity of its (shared) error frame.
+OUTCOMES = {
+    id(ERR_BAD_REQUEST): "bad_request",
+    id(ERR_UNAVAILABLE): "service_unavailable",
+    id(ERR_TOKEN_NOT_FOUND): "conf_token_not_found",
+}
+
+# Hop-by-hop headers never go back in a post-resp header set (RFC 9110 §7.6.1);
+# APISIX would copy them onto the client response as if end-to-end.
+_HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade")
+)  # fmt: skip
+
+
+class PluginFailed(Exception):
+    """A plugin raised or missed its deadline; carries its name for the log line."""
+
+    def __init__(self, name: str, outcome: str = "error") -> None:
+        super().__init__(name)
+        self.plugin = name
+        self.outcome = outcome
+
+
+class PluginTimeout(Exception):
+    """Raised inside a plain ``def`` plugin that blocked the event loop past
+    the call deadline (see runner.server.watchdog)."""
+
+
+def req_reply(request: Request, response: Response) -> Frame:
+    """The HTTPReqCall answer for what the chain did."""
+    if response.stopped:
+        status = response.status or 200
+        return build_req_call_stop(
+            request.id, status, response.header_items(), response.body or b""
+        )
+    path, headers, args, body = request.upstream_changes()
+    resp_headers = response.header_items()
+    if path is None and body is None and not (headers or args or resp_headers):
+        return build_req_call_none(request.id)
+    return build_req_call_rewrite(request.id, path, headers, args, resp_headers, body)
+
+
+def resp_reply(response: UpstreamResponse) -> Frame:
+    """The HTTPRespCall answer, always with the complete header set.
+
+    APISIX replaces *all* upstream headers with the runner's when it sends any,
+    and when it sends none it copies the upstream's minus Content-Type,
+    Location and other "vital" ones (PROTOCOL.md §6.8). Sending the merged set
+    every time is the only way the upstream's headers all reach the client.
+    """
+    body = response.new_body
+    drop = _HOP_BY_HOP if body is None else _HOP_BY_HOP | {"content-length"}
+    headers = [(n, v) for n, v in response.all_headers() if n.lower() not in drop]
+    status = response.status if response.status != response.upstream_status else 0
+    return build_resp_call_resp(response.id, status, headers, body)
+
+
+def _failed(step: Step, exc: BaseException, outcome: str, seconds: float) -> None:
+    """A plugin raised or missed its deadline: skip it (fail-open) or fail the call."""
+    if step.stats is not None:
+        step.stats.count("skipped" if step.fail_open else outcome, seconds)
+    if not step.fail_open:
+        raise PluginFailed(step.name, outcome) from exc
+    log.warning(
+        "plugin %r %s; skipped (fail_open)", step.name,
+        "missed its deadline" if outcome == "timeout" else f"raised {exc!r}",
+    )  # fmt: skip
+
+
+def _count_req(
+    stats: PluginStats, mark: int, request: Request, response: Response, seconds: float
+) -> None:
+    if response.stopped:
+        stats.stop += 1
+    elif request.change_count(response) != mark:
+        stats.rewrite += 1
+    else:
+        stats.passed += 1
+    stats.counts[bisect_left(BUCKETS, seconds)] += 1
+    stats.sum += seconds
+
+
+def _sync_outcome(exc: Exception) -> str:
+    # An inline plugin misses its deadline only through the watchdog.
+    return "timeout" if isinstance(exc, PluginTimeout) else "error"
+
+
+def _call_timed(step: Step, stats: PluginStats, request: Request, response: Response) -> None:
+    """One plain ``def`` step with metrics on: its outcome and time counted."""
+    mark = request.change_count(response)
+    t0 = perf_counter()
+    try:
+        step.fn(step.conf, request, response)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        _failed(step, exc, _sync_outcome(exc), perf_counter() - t0)
+        return
+    _count_req(stats, mark, request, response, perf_counter() - t0)
+
+
+async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
+    """Run one step of an async chain: the seconds it took, or None when it
+    failed and was skipped (fail-open); otherwise a failure raises.
+
+    One coroutine per step, the step's call written out: every level of
+    coroutine costs each ExtraInfo answer a resume on its way to the plugin."""
+    t0 = perf_counter()
+    # Log lines the plugin writes name the request and the plugin; the
+    # context ends with the plugin (the failure line names them itself).
+    context = logs.task_context.set((req_id, step.name))
+    try:
+        try:
+            if not step.is_async:
+                step.fn(step.conf, *args)
+            elif step.timeout is None:
+                await step.fn(step.conf, *args)
+            else:
+                async with asyncio.timeout(step.timeout):
+                    await step.fn(step.conf, *args)
+        finally:
+            logs.task_context.reset(context)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error",
+                perf_counter() - t0)  # fmt: skip
+        return None
+    return perf_counter() - t0
+
+
+def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
+    """The request phase for a chain of plain ``def`` filters, run inline."""
+    request = Request(view, ask, view.conf_token)
+    response = Response()
+    req_id = request.id
+    try:
+        for step in chain.req:
+            logs.inline_context = (req_id, step.name)  # for log lines the plugin writes
+            stats = step.stats
+            if stats is not None:
+                _call_timed(step, stats, request, response)
+            else:
+                # The usual step (no metrics), written out: a Python call
+                # per plugin is a tenth of a no-op plugin's whole cost.
+                try:
+                    step.fn(step.conf, request, response)
+                except DecodeError:
+                    raise
+                except Exception as exc:
+                    _failed(step, exc, _sync_outcome(exc), 0.0)
+            if response.stopped:
+                break
+    finally:
+        logs.inline_context = None
+    return req_reply(request, response)
+
+
+async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
+    request = Request(view, ask, view.conf_token)
+    response = Response()
+    req_id = request.id
+    for step in chain.req:
+        stats = step.stats
+        if stats is not None:
+            mark = request.change_count(response)
+            seconds = await _run_guarded(step, req_id, request, response)
+            if seconds is not None:
+                _count_req(stats, mark, request, response, seconds)
+        elif step.timeout is not None or not step.is_async:
+            await _run_guarded(step, req_id, request, response)
+        else:
+            # _run_guarded written out for the usual async step (no metrics,
+            # no deadline of its own): a coroutine less on the way to every
+            # ExtraInfo answer.
+            context = logs.task_context.set((req_id, step.name))
+            try:
+                try:
+                    await step.fn(step.conf, request, response)
+                finally:
+                    logs.task_context.reset(context)
+            except DecodeError:
+                raise
+            except Exception as exc:
+                _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error", 0.0)
+        if response.stopped:
+            break
+    return req_reply(request, response)
+
+
+async def run_resp(chain: Chain, view: RespCallView, ask: Ask) -> Frame:
+    response = UpstreamResponse(view.id, view.status, view.headers, ask)
+    for step in chain.resp:
+        seconds = await _run_guarded(step, response.id, response)
+        if step.stats is not None and seconds is not None:
+            step.stats.count("pass", seconds)
+    return resp_reply(response)
+
+
+def failure_frame(exc: BaseException, what: str) -> Frame:
+    """The type-0 frame for an exception escaping a call, logged once."""
+    if isinstance(exc, DecodeError):
+        log.warning("%s: malformed request: %s", what, exc)
+        return ERR_BAD_REQUEST
+    if isinstance(exc, PluginFailed):
+        if exc.outcome == "timeout":
+            log.error("%s: plugin %r missed its deadline", what, exc.plugin)
+        else:
+            log.error("%s: plugin %r raised", what, exc.plugin, exc_info=exc.__cause__)
+        return ERR_UNAVAILABLE
+    if isinstance(exc, FrameTooLarge):
+        log.error("%s: reply too large for the protocol: %s", what, exc)
+        return ERR_UNAVAILABLE
+    log.error("%s: internal error", what, exc_info=exc)
+    return ERR_UNAVAILABLE

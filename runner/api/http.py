@@ -1,0 +1,317 @@
+"""What plugins see: lazy request views and change-tracking responses.
+
+A :class:`Request` decodes a field of the HTTPReqCall only when the plugin
+first reads it, and records changes; the dispatcher turns the changes into a
+Rewrite (or nothing). A :class:`Response` is the response the client will get:
+giving it a status or a body stops the request (Stop); headers set on it
+without a status ride along with a proxied request (``Rewrite.resp_headers``).
+:class:`UpstreamResponse` is the upstream's answer in the post-resp phase.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from runner.api.multidict import Args, Headers
+from runner.proto import InfoType
+
+# Asks APISIX for one piece of ExtraInfo: (InfoType, var name) -> raw result.
+Ask = Callable[[int, str | None], Awaitable[bytes | None]]
+
+
+class RequestSource(Protocol):
+    """The fields of an HTTPReqCall (runner.proto.ReqCallView satisfies it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def src_ip(self) -> bytes: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def args(self) -> list[tuple[str, str | None]]: ...
+    @property
+    def headers(self) -> list[tuple[str, str | None]]: ...
+
+
+def _ip_text(packed: bytes) -> str:
+    if len(packed) in (4, 16):
+        return str(ipaddress.ip_address(packed))
+    return ""
+
+
+Entries = list[tuple[str, str | None]]  # header or arg changes, as Rewrite entries
+_VAR = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
+
+
+async def _cached_var(cache: dict[str, str | None], ask: Ask, name: str) -> str | None:
+    if name in cache:
+        return cache[name]
+    raw = await ask(_VAR, name)
+    value = None if raw is None else raw.decode("utf-8", "replace")
+    cache[name] = value
+    return value
+
+
+class Request:
+    """The client's request as APISIX forwards it to the runner.
+
+    Read ``method``, ``path``, ``args``, ``headers``, ``src_ip``; change
+    ``path``, ``args``, ``headers`` or call :meth:`set_body` and only the
+    changes go upstream. ``await var(name)`` and ``await body()`` ask APISIX
+    (one round trip each, cached for the rest of the request).
+    """
+
+    __slots__ = (
+        "_args", "_ask", "_body", "_headers", "_new_body", "_new_path", "_path", "_src",
+        "_vars", "conf_token", "id",
+    )  # fmt: skip
+
+    def __init__(self, source: RequestSource, ask: Ask, conf_token: int = 0) -> None:
+        self._src = source
+        self._ask = ask
+        self.id = source.id
+        self.conf_token = conf_token
+        self._headers: Headers | None = None
+        self._args: Args | None = None
+        self._path: str | None = None
+        self._new_path: str | None = None
+        self._vars: dict[str, str | None] | None = None
+        self._body: bytes | None = None
+        self._new_body: bytes | None = None
+
+    @property
+    def method(self) -> str:
+        return self._src.method
+
+    @property
+    def src_ip(self) -> str:
+        """The client address as text (IPv4 or IPv6)."""
+        return _ip_text(self._src.src_ip)
+
+    remote_addr = src_ip
+
+    @property
+    def path(self) -> str:
+        """The path without the query string (decoded, as nginx's ``$uri``)."""
+        if self._new_path is not None:
+            return self._new_path
+        if self._path is None:
+            self._path = self._src.path
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if not value.startswith("/"):
+            raise ValueError(f"a path starts with '/', got {value!r}")
+        if "?" in value:
+            # APISIX escapes '?' in the path (PROTOCOL.md §6.6): set args instead.
+            raise ValueError("put the query in request.args, not in the path")
+        self._new_path = value
+
+    @property
+    def headers(self) -> Headers:
+        """Case-insensitive, multi-valued; changes go upstream."""
+        if self._headers is None:
+            src = self._src
+            self._headers = Headers(source=lambda: src.headers)
+        return self._headers
+
+    @property
+    def args(self) -> Args:
+        """Query args, multi-valued; ``None`` is an arg without ``=``."""
+        if self._args is None:
+            src = self._src
+            self._args = Args(source=lambda: src.args)
+        return self._args
+
+    async def var(self, name: str) -> str | None:
+        """An nginx/APISIX variable (``remote_addr``, ``route_id``, ...); None if unset."""
+        # _cached_var written out: a coroutine less on the way to every answer.
+        cache = self._vars
+        if cache is None:
+            cache = self._vars = {}
+        elif name in cache:
+            return cache[name]
+        raw = await self._ask(_VAR, name)
+        value = None if raw is None else raw.decode("utf-8", "replace")
+        cache[name] = value
+        return value
+
+    async def body(self) -> bytes:
+        """The request body (b"" when there is none), fetched once."""
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            self._body = await self._ask(InfoType.REQ_BODY, None) or b""
+        return self._body
+
+    def set_body(self, body: bytes | str) -> None:
+        """Replace the body sent upstream (APISIX >= 3.6; it cannot be emptied)."""
+        self._new_body = body.encode() if isinstance(body, str) else bytes(body)
+
+    # -- what the dispatcher reads back
+
+    @property
+    def new_path(self) -> str | None:
+        return self._new_path
+
+    @property
+    def new_body(self) -> bytes | None:
+        return self._new_body
+
+    def change_count(self, response: Response) -> int:
+        """How many changes plugins made so far (request and client-response
+        headers); metrics compare it around each plugin to count rewrites."""
+        n = (self._new_path is not None) + (self._new_body is not None)
+        if self._headers is not None:
+            n += self._headers.writes
+        if self._args is not None:
+            n += self._args.writes
+        h = response._headers
+        return n if h is None else n + h.writes
+
+    def upstream_changes(self) -> tuple[str | None, Entries, Entries, bytes | None]:
+        """(new path, header changes, arg changes, new body): what a Rewrite
+        carries, in one call (the dispatcher builds every reply from it)."""
+        h, a = self._headers, self._args
+        return (
+            self._new_path,
+            [] if h is None else h.rewrite_entries(),
+            [] if a is None else a.rewrite_entries(),
+            self._new_body,
+        )
+
+
+class Response:
+    """The response the client gets. Setting ``status`` or ``body`` stops the
+    request here (the upstream and the rest of the chain are skipped).
+    Headers set without a status are added to the upstream's response."""
+
+    __slots__ = ("_body", "_headers", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self._headers: Headers | None = None
+        self._body: bytes | None = None
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers()
+        return self._headers
+
+    @property
+    def body(self) -> bytes | None:
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes | str | None) -> None:
+        self._body = value.encode() if isinstance(value, str) else value
+
+    # The old runner and the guide spell it status_code.
+    @property
+    def status_code(self) -> int | None:
+        return self.status
+
+    @status_code.setter
+    def status_code(self, value: int | None) -> None:
+        self.status = value
+
+    def stop(
+        self,
+        status: int = 200,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the client now."""
+        self.status = status
+        self._body = body.encode() if isinstance(body, str) else body  # the body setter
+        if headers:
+            for name, value in headers.items():
+                self.headers[name] = value
+
+    @property
+    def stopped(self) -> bool:
+        return self.status is not None or self._body is not None
+
+    def header_items(self) -> list[tuple[str, str | None]]:
+        h = self._headers
+        if h is None:  # the usual case, decided without calling len(h)
+            return []
+        return list(h.multi_items())
+
+
+class UpstreamResponse:
+    """The upstream's response in the post-resp phase (``ext-plugin-post-resp``).
+
+    Change ``status``, ``headers`` or call :meth:`set_body`; the upstream's
+    other headers are kept (the runner sends APISIX the complete merged set).
+    """
+
+    __slots__ = (
+        "_ask",
+        "_body",
+        "_headers",
+        "_new_body",
+        "_pairs",
+        "_vars",
+        "id",
+        "status",
+        "upstream_status",
+    )
+
+    def __init__(
+        self, req_id: int, status: int, headers: list[tuple[str, str | None]], ask: Ask
+    ) -> None:
+        self.id = req_id
+        self.upstream_status = status
+        self.status = status
+        self._pairs = headers
+        self._headers: Headers | None = None
+        self._ask = ask
+        self._body: bytes | None = None
+        self._new_body: bytes | None = None
+        self._vars: dict[str, str | None] = {}
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self._pairs)
+        return self._headers
+
+    async def var(self, name: str) -> str | None:
+        """An nginx/APISIX variable; None if unset. Cached for this response."""
+        return await _cached_var(self._vars, self._ask, name)
+
+    async def body(self) -> bytes:
+        """The upstream body (APISIX reads it all; b"" when empty)."""
+        if self._new_body is not None:
+            return self._new_body
+        if self._body is None:
+            self._body = await self._ask(InfoType.RESP_BODY, None) or b""
+        return self._body
+
+    def set_body(self, body: bytes | str) -> None:
+        self._new_body = body.encode() if isinstance(body, str) else bytes(body)
+
+    @property
+    def new_body(self) -> bytes | None:
+        return self._new_body
+
+    @property
+    def changed(self) -> bool:
+        h = self._headers
+        return (
+            self.status != self.upstream_status
+            or self._new_body is not None
+            or (h is not None and h.changed)
+        )
+
+    def all_headers(self) -> list[tuple[str, str | None]]:
+        h = self._headers
+        return list(h.multi_items()) if h is not None else list(self._pairs)

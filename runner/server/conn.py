@@ -1,0 +1,371 @@
+"""One APISIX connection: the only asyncio glue between the socket and the codec.
+
+Frames are handled strictly in order. Calls whose plugins are all plain
+``def`` run inline inside ``buffer_updated`` and answer before the next read
+(no task, no copy of the frame). A chain with an ``async def`` plugin runs as
+a task; while it runs, the only frames APISIX may send on this connection are
+ExtraInfo replies (type 3), which resolve the task's pending questions in
+order. Anything else then is a protocol violation and closes the connection.
+
+States (one table, as h11 does)::
+
+    IDLE --call, sync chain--> IDLE           (answered inline)
+    IDLE --call, async chain--> BUSY --final frame written--> IDLE
+    BUSY --type 3--> BUSY                     (answer to the oldest question)
+    BUSY --any other frame--> CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from bisect import bisect_left
+from collections.abc import Callable, Coroutine
+from time import perf_counter
+from typing import Any, cast
+
+from runner.api import dispatch
+from runner.api.calltask import CallTask
+from runner.api.plugin import ConfError
+from runner.conf.confstore import ConfStore
+from runner.ops.metrics import BUCKETS, RPC_NAMES
+from runner.proto import (
+    DecodeError,
+    FrameDecoder,
+    PrepareConfReq,
+    ReqCallView,
+    RespCallView,
+    RpcType,
+    build_extra_info,
+    build_prepare_conf_resp,
+    extra_info_result,
+)
+
+log = logging.getLogger("runner.conn")
+
+# RPC names in metrics.
+PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
+REQ_CALL = RPC_NAMES[RpcType.HTTP_REQ_CALL]
+RESP_CALL = RPC_NAMES[RpcType.HTTP_RESP_CALL]
+_EXTRA_INFO = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
+_OUTCOMES = dispatch.OUTCOMES
+
+
+class ServerState:
+    """What all connections of a worker share."""
+
+    def __init__(self, store: ConfStore, call_timeout: float) -> None:
+        self.store = store
+        self.metrics = store.metrics
+        self.call_timeout = call_timeout
+        self.connections: set[Connection] = set()
+        # Inline (sync) calls started, and whether one runs now: the watchdog
+        # thread reads them to find a plugin that blocks the event loop.
+        self.inline_calls = 0
+        self.inline = False
+        self.async_calls = 0
+        self.busy = 0  # connections with a call in flight
+        self.idle_waiter: asyncio.Future[None] | None = None
+        # Call deadlines are checked by one sweep every `sweep_interval` while
+        # calls are in flight, not by a timer per call: a uvloop TimerHandle
+        # costs ~2 us to arm and cancel, a third of a whole call. A call thus
+        # ends between call_timeout and call_timeout + sweep_interval.
+        self.sweep_interval = min(0.1, call_timeout / 20)
+        self.sweeping = False
+
+    def arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule the next deadline sweep (an async call starts while none
+        is scheduled, or the last sweep left calls in flight)."""
+        self.sweeping = True
+        loop.call_later(self.sweep_interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.expire_if_late(now)
+        self.sweeping = False
+        if self.busy:
+            self.arm_sweep(loop)
+
+    @property
+    def calls(self) -> int:
+        return self.inline_calls + self.async_calls
+
+    def call_done(self) -> None:
+        self.busy -= 1
+        waiter = self.idle_waiter
+        if self.busy == 0 and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_call", "_call_info", "_deadline", "_decoder", "_expired", "_handlers", "_late",
+        "_metrics", "_questions", "_state", "_store", "_transport", "reads",
+    )  # fmt: skip
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._store = state.store
+        self._metrics = state.metrics
+        self._decoder = FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._call: CallTask | None = None  # the async call in flight
+        self._call_info: tuple[int, str, float] = (0, "", 0.0)  # its id, RPC name, start
+        self._deadline = 0.0  # loop.time() by which the call must end
+        self._expired = False  # the call's deadline cancelled it
+        # Answers still due to questions of calls that ended without them
+        # (a plugin's own timeout, the call deadline): APISIX answers every
+        # question it read, so they arrive after the call; they are dropped.
+        self._late = 0
+        self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self.reads = 0  # reads so far: a retiring worker tells idle connections by it
+        self._handlers: dict[int, Callable[[memoryview], None]] = {
+            RpcType.PREPARE_CONF: self._prepare_conf,
+            RpcType.HTTP_REQ_CALL: self._req_call,
+            RpcType.HTTP_RESP_CALL: self._resp_call,
+        }
+
+    # -- asyncio.BufferedProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same API.
+        self._transport = cast(asyncio.Transport, transport)
+        self._state.connections.add(self)
+        if self._metrics is not None:
+            self._metrics.connections += 1
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        decoder = self._decoder
+        decoder.advance(nbytes)
+        self.reads += 1
+        while (frame := decoder.next_frame()) is not None:
+            rpc_type, payload = frame
+            if self._call is not None:
+                self._answer(rpc_type, payload)
+                continue
+            handler = self._handlers.get(rpc_type)
+            if handler is None and rpc_type == _EXTRA_INFO and self._late:
+                self._late -= 1  # an answer to a question of a call that has ended
+                continue
+            if handler is None:
+                self._malformed("frame", ValueError(f"unknown frame type {rpc_type}"))
+                self._write(dispatch.ERR_BAD_REQUEST)
+            else:
+                handler(payload)
+
+    def eof_received(self) -> bool:
+        if self._decoder.pending():
+            log.warning("connection closed in the middle of a frame")
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The handler table holds bound methods of self: a reference cycle
+        # that would keep this connection's buffers (up to 16 MiB) alive
+        # until the cyclic GC runs. Break it now.
+        self._handlers = {}
+        self._state.connections.discard(self)
+        if self._metrics is not None:
+            self._metrics.connections -= 1
+        self._transport = None
+        if self._call is not None:
+            self._call.cancel()
+        for fut in self._questions:
+            if not fut.done():
+                fut.set_exception(ConnectionError("APISIX closed the connection"))
+        self._questions.clear()
+
+    # -- frames
+
+    def _write(self, frame: bytes | bytearray) -> None:
+        if self._transport is not None:
+            self._transport.write(frame)
+
+    def _reply(self, rpc: str, frame: bytes | bytearray, t0: float) -> None:
+        """Write a call's final frame; with metrics on, count it by outcome."""
+        if self._transport is not None:
+            self._transport.write(frame)
+        metrics = self._metrics
+        if metrics is not None:
+            seconds = perf_counter() - t0
+            stats = metrics.rpc[rpc]
+            error = _OUTCOMES.get(id(frame))  # the shared error frames
+            if error is None:
+                stats.ok += 1
+            else:
+                stats.errors[error] = stats.errors.get(error, 0) + 1
+            stats.counts[bisect_left(BUCKETS, seconds)] += 1
+            stats.sum += seconds
+
+    def _malformed(self, what: str, exc: Exception) -> None:
+        log.warning("%s: malformed request: %s", what, exc)
+        if self._metrics is not None:
+            self._metrics.malformed += 1
+
+    def _not_found(self) -> bytes:
+        if self._metrics is not None:
+            self._metrics.conf_not_found += 1
+        return dispatch.ERR_TOKEN_NOT_FOUND
+
+    def _prepare_conf(self, payload: memoryview) -> None:
+        t0 = perf_counter()
+        key = "?"
+        try:
+            req = PrepareConfReq(payload)
+            key = req.key
+            token = self._store.prepare(key, req.conf)
+        except DecodeError as exc:
+            self._malformed("PrepareConf", exc)
+            frame: bytes | bytearray = dispatch.ERR_BAD_REQUEST
+        except ConfError as exc:
+            # APISIX answers 503 for this route; the log names key, plugin and field.
+            log.error("PrepareConf for route key %s rejected: %s", key, exc)
+            frame = dispatch.ERR_BAD_REQUEST
+        else:
+            frame = build_prepare_conf_resp(token)
+        self._reply(PREPARE_CONF, frame, t0)
+
+    def _req_call(self, payload: memoryview) -> None:
+        t0 = perf_counter() if self._metrics is not None else 0.0
+        try:
+            view = ReqCallView(payload)
+        except DecodeError as exc:
+            self._malformed("HTTPReqCall", exc)
+            self._reply(REQ_CALL, dispatch.ERR_BAD_REQUEST, t0)
+            return
+        chain = self._store.get(view.conf_token)
+        if chain is None:
+            self._reply(REQ_CALL, self._not_found(), t0)
+        elif chain.req_async:
+            view.rebind(self._decoder.keep(payload))
+            self._start(dispatch.run_req_async(chain, view, self._ask), view.id, REQ_CALL, t0)
+        else:
+            state = self._state
+            state.inline_calls += 1  # the watchdog tells a stuck call by these two
+            state.inline = True
+            try:
+                frame = dispatch.run_req_sync(chain, view, self._ask)
+            except Exception as exc:
+                frame = dispatch.failure_frame(exc, f"request {view.id}")
+            state.inline = False
+            if self._metrics is None and self._transport is not None:
+                self._transport.write(frame)  # _reply without metrics: a call less
+            else:
+                self._reply(REQ_CALL, frame, t0)
+
+    def _resp_call(self, payload: memoryview) -> None:
+        t0 = perf_counter() if self._metrics is not None else 0.0
+        try:
+            view = RespCallView(self._decoder.keep(payload))
+            view.validate()
+        except DecodeError as exc:
+            self._malformed("HTTPRespCall", exc)
+            self._reply(RESP_CALL, dispatch.ERR_BAD_REQUEST, t0)
+            return
+        chain = self._store.get(view.conf_token)
+        if chain is None:
+            self._reply(RESP_CALL, self._not_found(), t0)
+        else:
+            self._start(dispatch.run_resp(chain, view, self._ask), view.id, RESP_CALL, t0)
+
+    # -- async calls and ExtraInfo
+
+    def _start(
+        self, work: Coroutine[Any, Any, bytes | bytearray], req_id: int, rpc: str, t0: float
+    ) -> None:
+        state = self._state
+        state.busy += 1
+        state.async_calls += 1
+        self._call_info = (req_id, rpc, t0)
+        self._expired = False
+        loop = asyncio.get_running_loop()
+        call = self._call = CallTask(work, loop, self._finish)
+        self._deadline = loop.time() + state.call_timeout
+        if not state.sweeping:
+            state.arm_sweep(loop)
+        call.start()  # runs up to the first ExtraInfo question, or to the end
+
+    def expire_if_late(self, now: float) -> None:
+        """Cancel the call in flight if its deadline passed (ServerState's sweep)."""
+        call = self._call
+        if call is not None and now >= self._deadline and not self._expired:
+            self._expired = True
+            call.cancel()
+
+    def _finish(self, frame: bytes | bytearray | None, exc: BaseException | None) -> None:
+        """The call's coroutine ended (CallTask's on_done)."""
+        req_id, rpc, t0 = self._call_info
+        expired = self._expired
+        self._end_call()
+        if exc is None:
+            assert frame is not None
+        elif isinstance(exc, asyncio.CancelledError):
+            if self._transport is None:
+                return  # the connection is gone: nobody to answer
+            if expired:
+                log.error(
+                    "request %d: plugins did not finish within %.1f s; answering "
+                    "SERVICE_UNAVAILABLE", req_id, self._state.call_timeout,
+                )  # fmt: skip
+            else:  # a plugin cancelled its own call: APISIX still needs an answer
+                log.error("request %d: the call was cancelled; answering SERVICE_UNAVAILABLE",
+                          req_id)  # fmt: skip
+            frame = dispatch.ERR_UNAVAILABLE
+        elif isinstance(exc, Exception):
+            frame = dispatch.failure_frame(exc, f"request {req_id}")
+        else:
+            return  # KeyboardInterrupt or SystemExit: the worker is going down
+        self._reply(rpc, frame, t0)
+
+    def _end_call(self) -> None:
+        self._call = None
+        if self._questions:
+            self._late += len(self._questions)
+            self._questions.clear()
+        self._state.call_done()
+
+    def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
+        """Send an ExtraInfo request; the future resolves with APISIX's answer.
+        Several may be in flight: APISIX answers them in order."""
+        if self._call is None:
+            raise RuntimeError("request.var() and request.body() need an `async def filter`")
+        fut: asyncio.Future[bytes | None] = self._call.question()
+        self._questions.append(fut)
+        if self._metrics is not None:
+            self._metrics.count_extra_info(info_type)
+        self._write(build_extra_info(info_type, name))
+        return fut
+
+    def _answer(self, rpc_type: int, payload: memoryview) -> None:
+        if rpc_type != _EXTRA_INFO or not self._questions:
+            log.warning(
+                "frame type %d arrived while a call was in flight; closing the connection", rpc_type
+            )
+            self.close()
+            return
+        fut = self._questions.popleft()
+        if fut.done():
+            return  # cancelled (the call's deadline); the answer is late
+        try:
+            fut.set_result(extra_info_result(payload))
+        except DecodeError as exc:
+            fut.set_exception(exc)
+        if self._call is not None:
+            self._call.answered(fut)  # resumes the plugin now, not a loop round later
+
+    @property
+    def idle(self) -> bool:
+        """No call in flight and no partial frame: safe to close."""
+        return self._call is None and not self._decoder.pending()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def make_factory(state: ServerState) -> Callable[[], Any]:
+    return lambda: Connection(state)

@@ -1,0 +1,218 @@
+"""One worker process: plugins started, a uvloop server on the listening socket,
+and a bounded, staged shutdown.
+
+Everything here happens after a fork (or in the only process): the event
+loop is created here and nowhere earlier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+from collections.abc import Mapping
+
+import uvloop
+
+from runner.api.plugin import Plugin, run_hooks
+from runner.conf.confstore import Backend, ConfStore
+from runner.conf.sharedstore import SqliteBackend
+from runner.ops.metrics import FLUSH_EVERY, WorkerMetrics
+from runner.server.conn import Connection, ServerState, make_factory
+from runner.server.watchdog import Watchdog
+from runner.settings import Settings
+
+log = logging.getLogger("runner.worker")
+
+WORKER_BOOT_ERROR = 4  # exit code: the supervisor stops instead of respawning
+
+# A retiring worker (after SIGHUP) closes a connection once it has been idle
+# this long, and gives up on the stragglers after RETIRE_SECONDS.
+IDLE_CLOSE = 0.1
+RETIRE_SECONDS = 30.0
+
+# APISIX SIGKILLs its runner 1 s after SIGTERM (PROTOCOL.md §6.9): in-flight
+# calls get this long to finish, the rest of the second is for exiting.
+DRAIN_SECONDS = 0.7
+
+# The worker asks the supervisor for a replacement with this byte on its
+# ready pipe (max_requests reached); it retires once told to (SIGUSR2).
+RECYCLE = b"R"
+HOUSEKEEPING_EVERY = 0.5
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Mapping[str, Plugin],
+        sock: socket.socket,
+        backend: Backend,
+        ready_fd: int = -1,
+        metrics_dir: str | None = None,
+        max_requests: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.sock = sock
+        self.backend = backend
+        self.metrics = WorkerMetrics() if metrics_dir else None
+        self._metrics_dir = metrics_dir
+        # The worker's cache re-checks a token with the store well inside its
+        # lifetime, so an idle token expires on time in every worker.
+        touch_every = min(60.0, settings.token_ttl / 4)
+        # Never more chains than the store keeps tokens: a worker would go on
+        # serving tokens the store has evicted.
+        cache_size = min(settings.conf_cache.worker_cache, settings.conf_cache.max_entries)
+        store = ConfStore(
+            plugins, backend, cache_size, touch_every,
+            options=settings.plugin_options, metrics=self.metrics,
+        )  # fmt: skip
+        self.state = ServerState(store, settings.call_timeout)
+        self._watchdog = Watchdog(self.state, settings.inline_timeout)
+        self._max_requests = max_requests
+        self._ready_fd = ready_fd
+        self._stop: asyncio.Event | None = None
+        self._retiring: asyncio.Future[None] | None = None
+
+    def run(self) -> None:
+        if self.settings.profile_dir is None:
+            uvloop.run(self._main())
+            return
+        # --profile: the whole life of the worker under cProfile, written at
+        # exit (SIGTERM drains and returns here); read it with pstats.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(uvloop.run, self._main())
+        finally:
+            os.makedirs(self.settings.profile_dir, exist_ok=True)
+            path = os.path.join(self.settings.profile_dir, f"worker-{os.getpid()}.prof")
+            profiler.dump_stats(path)
+            log.info("CPU profile written to %s", path)
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await run_hooks(self.plugins, "startup")
+        except Exception:
+            log.exception("a plugin's startup() failed")
+            raise SystemExit(WORKER_BOOT_ERROR) from None
+        server = await loop.create_unix_server(
+            make_factory(self.state), sock=self.sock, backlog=self.settings.socket.backlog
+        )  # uvloop re-listens: without it the backlog drops to 100
+        log.info("serving on %s", self.settings.socket_path)
+        self._watchdog.start()
+        self._signal_ready()
+        loop.add_signal_handler(signal.SIGUSR2, self._start_retiring, server)
+        housekeeping = asyncio.ensure_future(self._housekeeping())
+        try:
+            await self._stop.wait()
+        finally:
+            housekeeping.cancel()
+            await self._shutdown(server)
+            self._watchdog.stop()
+            self._flush_metrics()
+
+    async def _housekeeping(self) -> None:
+        """Metrics snapshots and the max_requests check, off the hot path."""
+        every = FLUSH_EVERY if self.metrics is not None else HOUSEKEEPING_EVERY
+        asked = False
+        while True:
+            await asyncio.sleep(every)
+            self._flush_metrics()
+            if not asked and self._max_requests and self.state.calls >= self._max_requests:
+                asked = True
+                log.info("served %d calls (max_requests); asking for a replacement",
+                         self.state.calls)  # fmt: skip
+                self._tell_supervisor(RECYCLE)
+
+    def _flush_metrics(self) -> None:
+        metrics = self.metrics
+        if metrics is None or self._metrics_dir is None:
+            return
+        if isinstance(self.backend, SqliteBackend):
+            metrics.conf_expired = self.backend.expired
+            metrics.conf_evicted = self.backend.evicted
+        metrics.flush(self._metrics_dir)
+
+    def _tell_supervisor(self, message: bytes) -> None:
+        if self._ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._ready_fd, message)
+
+    def _start_retiring(self, server: asyncio.Server) -> None:
+        if self._retiring is None:
+            self._retiring = asyncio.ensure_future(self._retire(server))
+
+    async def _retire(self, server: asyncio.Server) -> None:
+        """Stop accepting, then close each connection once it has been idle
+        for IDLE_CLOSE: APISIX has no call on it then, and drops the closed
+        connection from its pool. Busy connections keep being served."""
+        assert self._stop is not None
+        server.close()
+        log.info("retiring: no new connections; closing idle ones")
+        deadline = asyncio.get_running_loop().time() + RETIRE_SECONDS
+        seen: dict[Connection, int] = {}
+        while self.state.connections and not self._stop.is_set():
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "%d connections still busy after %.0f s",
+                    len(self.state.connections),
+                    RETIRE_SECONDS,
+                )
+                break
+            for conn in list(self.state.connections):
+                if conn.idle and seen.get(conn) == conn.reads:
+                    conn.close()
+                seen[conn] = conn.reads
+            await asyncio.sleep(IDLE_CLOSE)
+        self._stop.set()  # then the usual shutdown: drain and close the rest
+
+    def _signal_ready(self) -> None:
+        # One byte to the supervisor: this worker accepts connections now. The
+        # pipe stays open for the recycle request.
+        self._tell_supervisor(b"1")
+
+    async def _shutdown(self, server: asyncio.Server) -> None:
+        server.close()  # stop accepting; the socket file stays for the next runner
+        state = self.state
+        if state.busy:
+            state.idle_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(state.idle_waiter, DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning("%d calls still running at shutdown; cancelled", state.busy)
+        for conn in list(state.connections):
+            conn.close()
+        await run_hooks(self.plugins, "shutdown")
+        log.info("worker stopped")
+
+
+def serve_worker(
+    settings: Settings, plugins: Mapping[str, Plugin], sock_fd: int, store_path: str, ready_fd: int
+) -> None:
+    """The body of a forked worker process."""
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    sock.setblocking(False)
+    backend = SqliteBackend(store_path, settings.token_ttl, settings.conf_cache.max_entries)
+    metrics_dir = os.path.join(os.path.dirname(store_path), "metrics")
+    max_requests = settings.max_requests
+    if max_requests:
+        max_requests += random.randint(0, settings.max_requests_jitter)
+    try:
+        Worker(
+            settings, plugins, sock, backend, ready_fd,
+            metrics_dir if settings.metrics.address else None, max_requests,
+        ).run()  # fmt: skip
+    finally:
+        backend.close()
+        sock.close()
