@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runner.server.startup import serve
 
     try:
-        return serve(settings, args.config, foreground=args.foreground)
+        return serve(settings, args.config, args.foreground, args.workers)
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS

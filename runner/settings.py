@@ -112,7 +112,10 @@ class LoggingSettings(_Base, frozen=True):
 class Settings(_Base, frozen=True):
     socket: SocketSettings = SocketSettings()
     # Worker processes; default: one per CPU.
-    workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    # At most 512: the pool's shared table holds old and new workers during a reload.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=512)] = msgspec.field(
+        default_factory=lambda: min(os.cpu_count() or 1, 512)
+    )
     # Load the plugins bundled with the runner (stop, rewrite, hello-world, ...).
     bundled_plugins: bool = True
     # More directories of plugin files, relative to the config file's directory.

@@ -60,6 +60,8 @@ class ServerState:
         self.metrics = store.metrics
         self.call_timeout = call_timeout
         self.connections: set[Connection] = set()
+        # Told when a connection comes or goes (the pool publishes the count).
+        self.on_count: Callable[[], None] | None = None
         # Inline (sync) calls started, and whether one runs now: the watchdog
         # thread reads them to find a plugin that blocks the event loop.
         self.inline_calls = 0
@@ -135,6 +137,8 @@ class Connection(asyncio.BufferedProtocol):
         self._state.connections.add(self)
         if self._metrics is not None:
             self._metrics.connections += 1
+        if self._state.on_count is not None:
+            self._state.on_count()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
@@ -171,6 +175,8 @@ class Connection(asyncio.BufferedProtocol):
         self._state.connections.discard(self)
         if self._metrics is not None:
             self._metrics.connections -= 1
+        if self._state.on_count is not None:
+            self._state.on_count()
         self._transport = None
         if self._call is not None:
             self._call.cancel()
@@ -361,6 +367,28 @@ class Connection(asyncio.BufferedProtocol):
     def idle(self) -> bool:
         """No call in flight and no partial frame: safe to close."""
         return self._call is None and not self._decoder.pending()
+
+    def pause_for_handover(self) -> int | None:
+        """At an idle point, stop reading and give the socket's descriptor for
+        another worker to take over; None (and nothing changed) if this is no
+        idle point. Idle: no call in flight, no partial frame read, no answer
+        due to a call that ended, nothing left unwritten. Once reading is
+        paused, whatever APISIX sends waits in the kernel for the new owner."""
+        transport = self._transport
+        if transport is None or not self.idle or self._late:
+            return None
+        if transport.get_write_buffer_size():
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        transport.pause_reading()
+        return int(sock.fileno())
+
+    def resume_after_handover(self) -> None:
+        """The hand-over failed: this worker keeps serving the connection."""
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def close(self) -> None:
         if self._transport is not None:

@@ -25,8 +25,10 @@ def insecure_plugin_paths(settings: Settings) -> list[Path]:
     return found
 
 
-def serve(settings: Settings, config_path: str, foreground: bool) -> int:
+def serve(
+    settings: Settings, config_path: str, foreground: bool, workers_flag: int | None = None
+) -> int:
     setup_logging(settings.logging, foreground)
     for path in insecure_plugin_paths(settings):
         log.warning("%s is world-writable: anyone can change the code the runner executes", path)
-    return main(settings, config_path)
+    return main(settings, config_path, workers_flag)

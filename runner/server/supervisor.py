@@ -15,8 +15,13 @@ the handlers themselves only enqueue the signal, and the loop dispatches to
   stops the runner instead of respawning forever.
 * SIGTERM/SIGINT: workers get SIGTERM (they finish in-flight calls within
   0.7 s), stragglers get SIGKILL at 0.9 s, all within APISIX's 1 s.
-* SIGHUP: config.yaml and the plugins are reloaded and workers replaced one at
-  a time, each new one serving before an old one is told to stop.
+* SIGHUP: config.yaml and the plugins are reloaded (``workers`` too, unless
+  ``--workers`` was given) and workers replaced one at a time, each new one
+  serving before an old one is told to retire; a retiring worker hands its
+  connections over to the serving ones (runner.server.balance).
+* The workers share a table (runner.server.pool) of who serves and how many
+  connections each holds: the supervisor claims a slot for each worker it
+  forks and frees it when the worker exits.
 * The runner exits when the process that started it (APISIX) dies.
 """
 
@@ -44,6 +49,7 @@ from runner.conf.sharedstore import SqliteBackend
 from runner.ops.logs import set_role
 from runner.ops.metrics import STATUS_FILE, Totals, read_snapshot, write_atomic
 from runner.server.listener import Listener
+from runner.server.pool import Mailbox, Seat, SlotState, WorkerTable, handover_path
 from runner.server.worker import WORKER_BOOT_ERROR
 from runner.settings import Settings, SettingsError, load_settings
 
@@ -54,8 +60,8 @@ BOOT_TIMEOUT = 30.0
 MAX_BACKOFF = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 PluginLoader = Callable[[Settings], dict[str, Plugin]]
-# (settings, plugins, listening fd, conf store path, ready fd) -> runs until stopped
-WorkerMain = Callable[[Settings, dict[str, Plugin], int, str, int], None]
+# (settings, plugins, listening fd, conf store path, ready fd, seat) -> runs until stopped
+WorkerMain = Callable[[Settings, dict[str, Plugin], int, str, int, Seat], None]
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -69,9 +75,10 @@ def set_parent_death_signal(sig: int) -> None:
 class WorkerProc:
     """What the master knows of one worker process."""
 
-    def __init__(self, pid: int, index: int, ready_fd: int, generation: int) -> None:
+    def __init__(self, pid: int, index: int, ready_fd: int, generation: int, slot: int) -> None:
         self.pid = pid
         self.index = index
+        self.slot = slot  # in the pool's table
         self.ready_fd = ready_fd  # readable (a byte or EOF) once the worker serves
         self.generation = generation
         self.started = time.monotonic()
@@ -86,8 +93,10 @@ class Supervisor:
         config_path: str,
         load: PluginLoader,
         serve_worker: WorkerMain,
+        workers_flag: int | None = None,
     ) -> None:
         self.settings = settings
+        self._workers_flag = workers_flag  # --workers: wins over config.yaml on reload too
         self.config_path = config_path
         self._load = load
         self._serve_worker = serve_worker
@@ -102,6 +111,8 @@ class Supervisor:
         self._parent = os.getppid()
         self._store_dir = ""
         self._listener: Listener | None = None
+        self._table: WorkerTable | None = None
+        self._mailbox: Mailbox | None = None  # pokes the workers when one exits
         self._wake_r, self._wake_w = -1, -1
         self._metrics_sock: socket.socket | None = None
         self._exporter_pid = 0
@@ -124,6 +135,8 @@ class Supervisor:
                 s.socket_path, s.socket.mode, s.socket.backlog, s.socket.owner, s.socket.group
             )
             self._listener.bind()
+            self._table = WorkerTable()  # before any fork: every worker maps the same pages
+            self._mailbox = Mailbox(self._store_dir)
             self._start_metrics()
             self._install_signals()
             log.info("listening on %s with %d workers", s.socket_path, s.workers)
@@ -242,6 +255,8 @@ class Supervisor:
             self._metrics_sock.close()
         if self._listener is not None:
             self._listener.close()
+        if self._mailbox is not None:
+            self._mailbox.close()
         if self._store_dir:
             shutil.rmtree(self._store_dir, ignore_errors=True)
 
@@ -295,7 +310,11 @@ class Supervisor:
     def handle_hup(self) -> None:
         log.info("reloading %s and the plugins", self.config_path)
         try:
-            settings = load_settings(self.config_path, workers=self.settings.workers)
+            settings = load_settings(
+                self.config_path,
+                workers=self._workers_flag,
+                profile_dir=self.settings.profile_dir,
+            )
             plugins = self._load(settings)
         except (SettingsError, PluginError) as exc:
             log.error("reload failed, keeping the running workers: %s", exc)
@@ -315,19 +334,22 @@ class Supervisor:
         self, index: int, generation: int, settings: Settings, plugins: dict[str, Plugin]
     ) -> WorkerProc:
         assert self._listener is not None and self._listener.sock is not None
+        assert self._table is not None
+        slot = self._table.claim(generation)
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             os.close(ready_r)
-            self._become_worker(index, ready_w, settings, plugins)
+            self._become_worker(index, ready_w, settings, plugins, slot)
         os.close(ready_w)
-        worker = WorkerProc(pid, index, ready_r, generation)
+        self._table.set_pid(slot, pid)
+        worker = WorkerProc(pid, index, ready_r, generation, slot)
         self.workers[pid] = worker
         log.info("worker %d started (pid %d)", index, pid)
         return worker
 
     def _become_worker(
-        self, index: int, ready_fd: int, settings: Settings, plugins: dict[str, Plugin]
+        self, index: int, ready_fd: int, settings: Settings, plugins: dict[str, Plugin], slot: int
     ) -> None:
         code = 0
         try:
@@ -336,8 +358,12 @@ class Supervisor:
             if self._metrics_sock is not None:
                 self._metrics_sock.close()
             assert self._listener is not None and self._listener.sock is not None
+            assert self._table is not None
+            if self._mailbox is not None:
+                self._mailbox.sock.close()
+            seat = Seat(self._table, slot, self._store_dir)
             self._serve_worker(
-                settings, plugins, self._listener.sock.fileno(), self.store_path, ready_fd
+                settings, plugins, self._listener.sock.fileno(), self.store_path, ready_fd, seat
             )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -394,8 +420,7 @@ class Supervisor:
         worker.retiring = True
         self._recycles += 1
         log.info("worker %d (pid %d) replaced after max_requests", worker.index, worker.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGUSR2)
+        self._retire(worker)
 
     def _reap(self) -> None:
         while True:
@@ -411,8 +436,20 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 os.close(worker.ready_fd)
+                self._release(worker)
                 self._fold_metrics(pid)
                 self._worker_exited(worker, status)
+
+    def _release(self, worker: WorkerProc) -> None:
+        """Free the worker's slot and mailbox, and poke the others: with its
+        count gone, one of them may be the least loaded now and accept."""
+        assert self._table is not None
+        self._table.release(worker.slot)
+        with contextlib.suppress(OSError):
+            os.unlink(handover_path(self._store_dir, worker.pid))
+        if self._mailbox is not None:
+            for peer in self._table.alive():
+                self._mailbox.poke(peer.pid)
 
     def _exporter_exited(self, status: int) -> None:
         self._exporter_pid = 0
@@ -443,23 +480,38 @@ class Supervisor:
     def _replace_workers(self, settings: Settings, plugins: dict[str, Plugin]) -> None:
         """Start the new generation one worker at a time; commit to it only
         once its first worker serves, else roll back and keep the old ones.
-        Old workers retire gracefully (SIGUSR2): they stop accepting and close
-        each connection once it is idle, so no call APISIX sent is lost."""
-        old = [w for w in self.workers.values() if w.generation == self.generation]
+        Old workers retire gracefully (SIGUSR2), one per new worker: they stop
+        accepting and hand each connection over to a serving worker at an idle
+        point, so APISIX never sees a connection close and no call is lost."""
+        old = sorted(
+            (w for w in self.workers.values() if w.generation == self.generation),
+            key=lambda w: w.index,
+        )
         generation = self.generation + 1
-        for n, worker in enumerate(old):
-            fresh = self._spawn(worker.index, generation, settings, plugins)
-            if not self._wait_ready(fresh):
-                log.error("reloaded worker %d did not start; keeping the old workers", fresh.index)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(fresh.pid, signal.SIGKILL)
-                if n == 0:
-                    return  # nothing committed yet: the old generation carries on
-            if n == 0:
-                self.settings, self.plugins, self.generation = settings, plugins, generation
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGUSR2)
-        log.info("reload done: generation %d", self.generation)
+        if settings.workers != self.settings.workers:
+            log.info("workers: %d -> %d", self.settings.workers, settings.workers)
+        for index in range(max(settings.workers, len(old))):
+            if index < settings.workers:
+                fresh = self._spawn(index, generation, settings, plugins)
+                if not self._wait_ready(fresh):
+                    log.error("reloaded worker %d did not start; keeping the old workers", index)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(fresh.pid, signal.SIGKILL)
+                    if index == 0:
+                        return  # nothing committed yet: the old generation carries on
+                if index == 0:
+                    self.settings, self.plugins, self.generation = settings, plugins, generation
+            if index < len(old):
+                self._retire(old[index])
+        self._spawn_missing()  # a new worker that failed to start is retried
+        log.info("reload done: generation %d, %d workers", self.generation, settings.workers)
+
+    def _retire(self, worker: WorkerProc) -> None:
+        assert self._table is not None
+        # Leaving before the signal arrives: no worker hands it a connection.
+        self._table.set_state(worker.slot, SlotState.LEAVING)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGUSR2)
 
     def _wait_ready(self, worker: WorkerProc) -> bool:
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -487,8 +539,8 @@ def load_all(settings: Settings) -> dict[str, Plugin]:
     return load_plugins(plugin_dirs(settings), settings.entry_points, compat.ADAPTERS)
 
 
-def main(settings: Settings, config_path: str) -> int:
+def main(settings: Settings, config_path: str, workers_flag: int | None = None) -> int:
     from runner.server.worker import serve_worker
 
     sys.stdout.flush()  # nothing buffered may be written twice after fork
-    return Supervisor(settings, config_path, load_all, serve_worker).run()
+    return Supervisor(settings, config_path, load_all, serve_worker, workers_flag).run()

@@ -22,7 +22,9 @@ from runner.api.plugin import Plugin, run_hooks
 from runner.conf.confstore import Backend, ConfStore
 from runner.conf.sharedstore import SqliteBackend
 from runner.ops.metrics import FLUSH_EVERY, WorkerMetrics
-from runner.server.conn import Connection, ServerState, make_factory
+from runner.server.balance import Balancer
+from runner.server.conn import ServerState, make_factory
+from runner.server.pool import Seat
 from runner.server.watchdog import Watchdog
 from runner.settings import Settings
 
@@ -30,8 +32,13 @@ log = logging.getLogger("runner.worker")
 
 WORKER_BOOT_ERROR = 4  # exit code: the supervisor stops instead of respawning
 
-# A retiring worker (after SIGHUP) closes a connection once it has been idle
-# this long, and gives up on the stragglers after RETIRE_SECONDS.
+# A retiring worker (SIGHUP, max_requests) hands each connection over to a
+# serving worker at its next idle point, looking every HANDOVER_EVERY, and
+# gives up on the stragglers after RETIRE_SECONDS. Only when no worker serves
+# (none for NO_PEER_GRACE) does it close idle connections instead: a closed
+# idle connection can race with APISIX reusing it.
+HANDOVER_EVERY = 0.02
+NO_PEER_GRACE = 2.0
 IDLE_CLOSE = 0.1
 RETIRE_SECONDS = 30.0
 
@@ -42,7 +49,8 @@ DRAIN_SECONDS = 0.7
 # The worker asks the supervisor for a replacement with this byte on its
 # ready pipe (max_requests reached); it retires once told to (SIGUSR2).
 RECYCLE = b"R"
-HOUSEKEEPING_EVERY = 0.5
+# Also how often a worker above its share hands connections over.
+HOUSEKEEPING_EVERY = 0.25
 
 
 class Worker:
@@ -52,6 +60,7 @@ class Worker:
         plugins: Mapping[str, Plugin],
         sock: socket.socket,
         backend: Backend,
+        seat: Seat,
         ready_fd: int = -1,
         metrics_dir: str | None = None,
         max_requests: int = 0,
@@ -60,6 +69,8 @@ class Worker:
         self.plugins = plugins
         self.sock = sock
         self.backend = backend
+        self.seat = seat
+        self.balancer: Balancer | None = None
         self.metrics = WorkerMetrics() if metrics_dir else None
         self._metrics_dir = metrics_dir
         # The worker's cache re-checks a token with the store well inside its
@@ -106,29 +117,40 @@ class Worker:
         except Exception:
             log.exception("a plugin's startup() failed")
             raise SystemExit(WORKER_BOOT_ERROR) from None
-        server = await loop.create_unix_server(
-            make_factory(self.state), sock=self.sock, backlog=self.settings.socket.backlog
-        )  # uvloop re-listens: without it the backlog drops to 100
+        seat = self.seat
+        balancer = self.balancer = Balancer(
+            loop, self.sock, seat.table, seat.slot, seat.directory,
+            self.state, make_factory(self.state),
+        )  # fmt: skip
+        balancer.start()
         log.info("serving on %s", self.settings.socket_path)
         self._watchdog.start()
         self._signal_ready()
-        loop.add_signal_handler(signal.SIGUSR2, self._start_retiring, server)
+        loop.add_signal_handler(signal.SIGUSR2, self._start_retiring, balancer)
         housekeeping = asyncio.ensure_future(self._housekeeping())
         try:
             await self._stop.wait()
         finally:
             housekeeping.cancel()
-            await self._shutdown(server)
+            await self._shutdown(balancer)
             self._watchdog.stop()
             self._flush_metrics()
 
     async def _housekeeping(self) -> None:
-        """Metrics snapshots and the max_requests check, off the hot path."""
-        every = FLUSH_EVERY if self.metrics is not None else HOUSEKEEPING_EVERY
+        """Metrics snapshots, rebalancing and the max_requests check, off the
+        hot path."""
+        flush_every = FLUSH_EVERY if self.metrics is not None else HOUSEKEEPING_EVERY
+        flushed = asyncio.get_running_loop().time()
         asked = False
         while True:
-            await asyncio.sleep(every)
-            self._flush_metrics()
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            if self.balancer is not None and self._retiring is None:
+                self.balancer.rebalance()
+                self.balancer.recheck()  # a worker that died no longer counts
+            now = asyncio.get_running_loop().time()
+            if now - flushed >= flush_every:
+                flushed = now
+                self._flush_metrics()
             if not asked and self._max_requests and self.state.calls >= self._max_requests:
                 asked = True
                 log.info("served %d calls (max_requests); asking for a replacement",
@@ -149,41 +171,52 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.write(self._ready_fd, message)
 
-    def _start_retiring(self, server: asyncio.Server) -> None:
+    def _start_retiring(self, balancer: Balancer) -> None:
         if self._retiring is None:
-            self._retiring = asyncio.ensure_future(self._retire(server))
+            self._retiring = asyncio.ensure_future(self._retire(balancer))
 
-    async def _retire(self, server: asyncio.Server) -> None:
-        """Stop accepting, then close each connection once it has been idle
-        for IDLE_CLOSE: APISIX has no call on it then, and drops the closed
-        connection from its pool. Busy connections keep being served."""
+    async def _retire(self, balancer: Balancer) -> None:
+        """Stop accepting, then hand each connection over to a serving worker
+        at its next idle point; busy connections keep being served until then."""
         assert self._stop is not None
-        server.close()
-        log.info("retiring: no new connections; closing idle ones")
-        deadline = asyncio.get_running_loop().time() + RETIRE_SECONDS
-        seen: dict[Connection, int] = {}
-        while self.state.connections and not self._stop.is_set():
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning(
-                    "%d connections still busy after %.0f s",
-                    len(self.state.connections),
-                    RETIRE_SECONDS,
-                )
+        balancer.leave()
+        log.info("retiring: no new connections; handing the %d open ones over", balancer.count)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETIRE_SECONDS
+        alone_since: float | None = None
+        while balancer.count and not self._stop.is_set():
+            now = loop.time()
+            if now > deadline:
+                log.warning("%d connections still busy after %.0f s",
+                            balancer.count, RETIRE_SECONDS)  # fmt: skip
                 break
-            for conn in list(self.state.connections):
-                if conn.idle and seen.get(conn) == conn.reads:
-                    conn.close()
-                seen[conn] = conn.reads
-            await asyncio.sleep(IDLE_CLOSE)
+            if balancer.rebalance() or self.seat.table.serving():
+                alone_since = None
+            elif alone_since is None:
+                alone_since = now
+            elif now - alone_since > NO_PEER_GRACE:
+                await self._close_idle()  # no worker to take them
+                continue
+            await asyncio.sleep(HANDOVER_EVERY)
+        log.info("retired: %d connections handed over", balancer.handed_over)
         self._stop.set()  # then the usual shutdown: drain and close the rest
+
+    async def _close_idle(self) -> None:
+        """Close each connection once it has been idle for IDLE_CLOSE: APISIX
+        has no call on it then, and drops the closed connection from its pool."""
+        seen = {conn: conn.reads for conn in self.state.connections}
+        await asyncio.sleep(IDLE_CLOSE)
+        for conn in list(self.state.connections):
+            if conn.idle and seen.get(conn) == conn.reads:
+                conn.close()
 
     def _signal_ready(self) -> None:
         # One byte to the supervisor: this worker accepts connections now. The
         # pipe stays open for the recycle request.
         self._tell_supervisor(b"1")
 
-    async def _shutdown(self, server: asyncio.Server) -> None:
-        server.close()  # stop accepting; the socket file stays for the next runner
+    async def _shutdown(self, balancer: Balancer) -> None:
+        balancer.close()  # stop accepting; the socket file stays for the next runner
         state = self.state
         if state.busy:
             state.idle_waiter = asyncio.get_running_loop().create_future()
@@ -198,9 +231,15 @@ class Worker:
 
 
 def serve_worker(
-    settings: Settings, plugins: Mapping[str, Plugin], sock_fd: int, store_path: str, ready_fd: int
+    settings: Settings,
+    plugins: Mapping[str, Plugin],
+    sock_fd: int,
+    store_path: str,
+    ready_fd: int,
+    seat: Seat,
 ) -> None:
     """The body of a forked worker process."""
+    seat.table.set_pid(seat.slot, os.getpid())
     sock = socket.socket(fileno=os.dup(sock_fd))
     sock.setblocking(False)
     backend = SqliteBackend(store_path, settings.token_ttl, settings.conf_cache.max_entries)
@@ -210,7 +249,7 @@ def serve_worker(
         max_requests += random.randint(0, settings.max_requests_jitter)
     try:
         Worker(
-            settings, plugins, sock, backend, ready_fd,
+            settings, plugins, sock, backend, seat, ready_fd,
             metrics_dir if settings.metrics.address else None, max_requests,
         ).run()  # fmt: skip
     finally:

@@ -85,6 +85,7 @@ class Line:
     connects: int = 0
     failures: list[tuple[int | None, str]] = field(default_factory=list)
     calls_after_failure: int = 0
+    moves: int = 0  # handed over to another worker (rebalancing), never closed
 
 
 class Load:
@@ -137,7 +138,8 @@ class Load:
                 if line.pid is None:
                     line.pid = pid
                 elif pid != line.pid:
-                    self.errors.append(f"connection {line.index} moved {line.pid} -> {pid}")
+                    line.pid = pid
+                    line.moves += 1
                 line.calls += 1
                 if line.failures:
                     line.calls_after_failure += 1
@@ -191,7 +193,16 @@ def test_sigkill_under_load_fails_only_the_calls_in_flight(two_workers: RunningR
             respawn = await until(workers_serving(runner, 2, {victim}), 5.0)
             assert respawn is not None, (children(supervisor), runner.log_text()[-3000:])
             assert respawn < RESPAWN_LIMIT_S, f"replaced after {respawn:.3f} s"
-            await asyncio.sleep(0.5)  # the load goes on
+            # The replacement takes the reconnections and, by hand-over, its
+            # share of the survivor's connections: within one of 64 / 2.
+            share = CONNECTIONS // 2
+
+            def balanced() -> bool:
+                counts = load.by_worker()
+                return len(counts) == 2 and all(abs(n - share) <= 1 for n in counts.values())
+
+            took = await until(balanced, 5.0)
+            assert took is not None, load.by_worker()
         finally:
             await load.stop()
 

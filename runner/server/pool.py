@@ -1,0 +1,187 @@
+"""The workers' shared table: who serves, and how many connections each holds.
+
+The supervisor maps it (anonymous shared memory) before the first fork, so
+every worker, and every worker it forks later, sees the same bytes. Each
+worker owns one slot and writes only its own connection count; the
+supervisor claims and frees slots and marks an old generation as leaving.
+Readers take the numbers as advice: an 8-byte aligned store is atomic on the
+CPUs we run on, and a count read a moment late costs at most one connection
+of imbalance, which the next rebalancing round repairs.
+
+The first ``FIELDS`` int64s are a header holding the number of slots ever
+used, so that readers scan only those. Then each slot (``FIELDS`` int64s)::
+
+    +-----+-------+------------+-------------+
+    | pid | state | generation | connections |
+    +-----+-------+------------+-------------+
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import mmap
+import os
+import socket
+from enum import IntEnum
+from typing import NamedTuple
+
+SLOTS = 1024  # workers alive at once, old generations included
+FIELDS = 4
+_PID, _STATE, _GENERATION, _CONNS = range(FIELDS)
+
+
+class SlotState(IntEnum):
+    FREE = 0
+    BOOTING = 1  # forked, not yet serving
+    SERVING = 2  # accepts new connections and takes handed-over ones
+    LEAVING = 3  # serves what it holds, accepts nothing, hands its connections on
+
+
+class Peer(NamedTuple):
+    slot: int
+    pid: int
+    connections: int
+
+
+class Seat(NamedTuple):
+    """A worker's place in the pool: the shared table, its slot, and the
+    supervisor's private directory where the workers' mailboxes live."""
+
+    table: WorkerTable
+    slot: int
+    directory: str
+
+
+class PoolFull(RuntimeError):
+    """More workers alive at once than the table has slots."""
+
+
+class WorkerTable:
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, (SLOTS + 1) * FIELDS * 8)  # MAP_SHARED | MAP_ANONYMOUS
+        # Slot n starts at q[(n + 1) * FIELDS]; q[0] is the number of slots used.
+        self._q = memoryview(self._mem).cast("q")
+
+    def _used(self) -> range:
+        return range(self._q[0])
+
+    # -- the supervisor's side
+
+    def claim(self, generation: int) -> int:
+        """A free slot for a worker about to be forked."""
+        q = self._q
+        for slot in range(SLOTS):
+            base = (slot + 1) * FIELDS
+            if slot >= q[0] or q[base + _STATE] == SlotState.FREE:
+                q[base + _PID] = 0
+                q[base + _CONNS] = 0
+                q[base + _GENERATION] = generation
+                q[base + _STATE] = SlotState.BOOTING
+                q[0] = max(q[0], slot + 1)
+                return slot
+        raise PoolFull(f"more than {SLOTS} worker processes alive at once")
+
+    def release(self, slot: int) -> None:
+        """The worker exited: its connections went with it."""
+        base = (slot + 1) * FIELDS
+        self._q[base + _STATE] = SlotState.FREE
+        self._q[base + _CONNS] = 0
+        self._q[base + _PID] = 0
+
+    # -- either side
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        self._q[(slot + 1) * FIELDS + _PID] = pid
+
+    def set_state(self, slot: int, state: SlotState) -> None:
+        self._q[(slot + 1) * FIELDS + _STATE] = state
+
+    def state(self, slot: int) -> SlotState:
+        return SlotState(self._q[(slot + 1) * FIELDS + _STATE])
+
+    def set_connections(self, slot: int, count: int) -> None:
+        self._q[(slot + 1) * FIELDS + _CONNS] = count
+
+    def connections(self, slot: int) -> int:
+        return self._q[(slot + 1) * FIELDS + _CONNS]
+
+    def serving(self) -> list[Peer]:
+        """Every serving worker, with its connection count."""
+        q = self._q
+        found = []
+        for slot in self._used():
+            base = (slot + 1) * FIELDS
+            if q[base + _STATE] == SlotState.SERVING and q[base + _PID]:
+                found.append(Peer(slot, q[base + _PID], q[base + _CONNS]))
+        return found
+
+    def alive(self) -> list[Peer]:
+        """Every worker with a pid, whatever its state."""
+        q = self._q
+        found = []
+        for slot in self._used():
+            base = (slot + 1) * FIELDS
+            if q[base + _STATE] != SlotState.FREE and q[base + _PID]:
+                found.append(Peer(slot, q[base + _PID], q[base + _CONNS]))
+        return found
+
+    def close(self) -> None:
+        self._q.release()
+        self._mem.close()
+
+
+def handover_path(directory: str, pid: int) -> str:
+    """Where a worker takes handed-over connections: in the supervisor's
+    private (0700) directory, so no other user can send it a descriptor."""
+    return os.path.join(directory, f"handover-{pid}.sock")
+
+
+class Mailbox:
+    """A worker's datagram socket for the pool's messages: a connection handed
+    over (its descriptor, SCM_RIGHTS) or a poke to look at the table again.
+
+    Sending never blocks; a full or vanished mailbox is reported as False and
+    the sender keeps its connection."""
+
+    CONNECTION = b"c"
+    POKE = b"p"
+
+    def __init__(self, directory: str, pid: int | None = None) -> None:
+        self.directory = directory
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.path: str | None = None
+        if pid is not None:  # a worker's own mailbox; the supervisor's only sends
+            self.path = handover_path(directory, pid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # left by a killed worker whose pid came back
+            self.sock.bind(self.path)
+
+    def send_connection(self, pid: int, fd: int) -> bool:
+        try:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            # sendmsg, not socket.send_fds: that one drops the address.
+            self.sock.sendmsg([self.CONNECTION], rights, 0, handover_path(self.directory, pid))
+        except OSError:
+            return False
+        return True
+
+    def poke(self, pid: int) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendto(self.POKE, handover_path(self.directory, pid))
+
+    def receive(self) -> tuple[list[int], bool] | None:
+        """(descriptors received, whether it was a poke) of one message, or
+        None when nothing is waiting."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 8)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return list(fds), data == self.POKE
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
