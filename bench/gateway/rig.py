@@ -234,7 +234,7 @@ class Rig:
         self,
         prefix: Path,
         port: int,
-        workers: int,
+        workers: int | None,
         plugin_dirs: Sequence[str],
         runner_config: dict[str, Any] | None,
     ) -> None:
@@ -244,6 +244,7 @@ class Rig:
         self.workers = workers
         self.plugin_dirs = [str(Path(d).resolve()) for d in plugin_dirs]
         self.runner_config = runner_config
+        self.config_path = prefix / "runner-0.yaml"  # the running runner's config.yaml
         self.nginx: subprocess.Popen[bytes] | None = None
         self.runner: subprocess.Popen[bytes] | None = None
         self._runner_starts = 0
@@ -283,8 +284,11 @@ class Rig:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         env["APISIX_LISTEN_ADDRESS"] = f"unix:{self.runner_socket}"
         env["APISIX_CONF_EXPIRE_TIME"] = "3600"
+        self.config_path = cfg_path
         argv = [sys.executable, "-m", "runner", "start", "--config", str(cfg_path)]
-        argv += ["--workers", str(self.workers), "--foreground"]
+        if self.workers is not None:  # else config.yaml's `workers`, re-read on SIGHUP
+            argv += ["--workers", str(self.workers)]
+        argv += ["--foreground"]
         with open(self.prefix / f"runner-{n}.log", "wb") as log:
             self.runner = subprocess.Popen(
                 argv,
@@ -301,6 +305,18 @@ class Rig:
                 _stop_pid(self.runner, signal.SIGTERM)
                 raise RigError(f"the runner did not start; its log:\n{self.runner_log_text()}")
             time.sleep(POLL_S)
+
+    def reload_runner(self, config: dict[str, Any] | None = None) -> None:
+        """SIGHUP the runner, after rewriting its config.yaml when ``config``
+        (plugin_dirs are kept) is given."""
+        if self.runner is None:
+            raise RigError("the runner is not running")
+        if config is not None:
+            cfg = dict(config)
+            if self.plugin_dirs:
+                cfg["plugin_dirs"] = [*cfg.get("plugin_dirs", []), *self.plugin_dirs]
+            self.config_path.write_text(yaml.safe_dump(cfg))
+        self.runner.send_signal(signal.SIGHUP)
 
     def stop_runner(self) -> None:
         """SIGTERM the runner by pid (it drains and removes its socket)."""
@@ -388,7 +404,7 @@ def render_conf(
 
 def start(
     routes: Path | str | dict[str, Any] | Routes = DEFAULT_ROUTES,
-    workers: int = 1,
+    workers: int | None = 1,
     nginx_workers: int = 1,
     port: int | None = None,
     plugin_dirs: Sequence[str] = (),
@@ -396,8 +412,9 @@ def start(
     with_runner: bool = True,
     log_level: str = "warn",
 ) -> Rig:
-    """Start the runner (``workers`` processes) and nginx on 127.0.0.1:``port``
-    (a free one by default); returns once both accept connections."""
+    """Start the runner (``workers`` processes; None: as its config says) and
+    nginx on 127.0.0.1:``port`` (a free one by default); returns once both
+    accept connections."""
     reason = missing_requirements()
     if reason is not None:
         raise RigError(reason)
