@@ -131,6 +131,20 @@ class WorkerTable:
         self._mem.close()
 
 
+# sun_path holds 108 bytes with the terminating NUL; pids go up to 2**22.
+_MAX_SOCKET_PATH = 107
+
+
+def check_mailbox_dir(directory: str) -> None:
+    """Fail at start-up, naming the fix, if mailbox paths would not fit."""
+    longest = len(os.fsencode(handover_path(directory, 2**22)))
+    if longest > _MAX_SOCKET_PATH:
+        raise OSError(
+            f"the runner's temporary directory {directory} is too long for Unix socket "
+            f"paths ({longest} > {_MAX_SOCKET_PATH} bytes); set TMPDIR to a shorter one"
+        )
+
+
 def handover_path(directory: str, pid: int) -> str:
     """Where a worker takes handed-over connections: in the supervisor's
     private (0700) directory, so no other user can send it a descriptor."""

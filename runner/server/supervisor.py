@@ -49,7 +49,14 @@ from runner.conf.sharedstore import SqliteBackend
 from runner.ops.logs import set_role
 from runner.ops.metrics import STATUS_FILE, Totals, read_snapshot, write_atomic
 from runner.server.listener import Listener
-from runner.server.pool import Mailbox, Seat, SlotState, WorkerTable, handover_path
+from runner.server.pool import (
+    Mailbox,
+    Seat,
+    SlotState,
+    WorkerTable,
+    check_mailbox_dir,
+    handover_path,
+)
 from runner.server.worker import WORKER_BOOT_ERROR
 from runner.settings import Settings, SettingsError, load_settings
 
@@ -127,6 +134,7 @@ class Supervisor:
         self.plugins = self._load(self.settings)
         self._store_dir = tempfile.mkdtemp(prefix="apisix-runner-")
         try:
+            check_mailbox_dir(self._store_dir)
             SqliteBackend.create(
                 self.store_path, self.settings.token_ttl, self.settings.conf_cache.max_entries
             )

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.server.pool import SLOTS, Mailbox, Peer, PoolFull, SlotState, WorkerTable
+from runner.server.pool import (
+    SLOTS,
+    Mailbox,
+    Peer,
+    PoolFull,
+    SlotState,
+    WorkerTable,
+    check_mailbox_dir,
+)
 
 
 def test_slots_are_claimed_published_and_freed() -> None:
@@ -83,3 +91,11 @@ def test_a_missing_mailbox_refuses_the_connection(tmp_path: Path) -> None:
         theirs.sendall(b"x")
         assert ours.recv(1) == b"x"  # still ours, still open
     outbox.close()
+
+
+def test_a_too_long_temporary_directory_is_named(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(OSError, match="set TMPDIR to a shorter one") as err:
+        check_mailbox_dir(str(deep))
+    assert str(deep) in str(err.value)
+    check_mailbox_dir("/tmp/apisix-runner-abcdefgh")  # the usual one fits
