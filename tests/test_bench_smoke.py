@@ -1,9 +1,11 @@
 """The benchmarks still run: bench/micro once per test with timing disabled,
-and the load generator's and the harness's command lines. No timing is
-checked here (the numbers depend on the machine); see bench/README.md."""
+and the command lines of the load generator, the harness and the scaling
+table. No timing is checked here (the numbers depend on the machine); see
+bench/README.md."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,30 @@ def test_prepare_conf_of_50_plugins_is_accepted() -> None:
     token = store.prepare("route#50", conf)
     chain = store.get(token)
     assert chain is not None and len(chain.req) + len(chain.resp) >= 50
+
+
+def test_scaling_table_counts_every_connection(tmp_path: Path) -> None:
+    # The command line as a person runs it: one runner per worker count, the
+    # load generator's spawned clients, the table on stdout. Balance is not
+    # checked: only that each worker is listed and no connection is missed.
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scaling", "--workers", "1,2", "--connections", "4",
+         "--duration", "1", "--warmup", "0.5", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    table = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in proc.stdout.splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+    header, rows = table[0], table[1:]
+    spread = header.index("connections per worker")
+    assert [row[:2] for row in rows] == [["1", "4"], ["2", "4"]], proc.stdout
+    for row in rows:
+        counts = [int(n) for n in row[spread].split("/")]
+        assert len(counts) == int(row[0]) and sum(counts) == 4, proc.stdout
+    data = json.loads(out.read_text())
+    assert [sum(r["connections_per_worker"]) for r in data["rows"]] == [4, 4]
+    assert all(r["requests_per_s"] > 0 for r in data["rows"])
