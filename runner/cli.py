@@ -1,7 +1,8 @@
-"""Command line: argv -> settings -> runner. No logic of its own.
+"""The command line of apisix-runner.
 
-``start`` serves APISIX; ``check`` validates config.yaml and imports every
-plugin (for CI of plugin repositories and before a deploy).
+``start`` serves APISIX on the socket from APISIX_LISTEN_ADDRESS (or
+config.yaml's ``socket.path``); ``check`` validates config.yaml and imports
+every plugin, for the CI of plugin repositories and before a deploy.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from runner.api.plugin import PluginError
 from runner.settings import Settings, SettingsError, load_settings
@@ -18,14 +20,47 @@ log = logging.getLogger("runner")
 
 EXIT_CONFIG = 2
 EXIT_PLUGINS = 3
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 512, got {value}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return version("apisix-runner")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=None,
+        help=f"path of config.yaml (default: {DEFAULT_CONFIG} if it exists, else all defaults)",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apisix-runner", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="apisix-runner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"apisix-runner {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="serve APISIX on APISIX_LISTEN_ADDRESS")
-    start.add_argument("--config", default="config.yaml", help="path of config.yaml")
-    start.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    _config_arg(start)
+    start.add_argument(
+        "--workers", type=_positive, default=None,
+        help="worker processes (default: config.yaml's workers, else one per CPU)",
+    )  # fmt: skip
     start.add_argument(
         "--foreground", action="store_true", help="log to the terminal (development)"
     )
@@ -34,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write a cProfile of each worker to DIR/worker-<pid>.prof when it exits",
     )  # fmt: skip
     check = sub.add_parser("check", help="validate config.yaml and import every plugin")
-    check.add_argument("--config", default="config.yaml", help="path of config.yaml")
+    _config_arg(check)
     return parser
 
 
@@ -42,17 +77,17 @@ def _check(settings: Settings) -> int:
     from runner.server.startup import insecure_plugin_paths
     from runner.server.supervisor import load_all
 
+    problem = settings.logging.file_problem()
+    if problem is not None:
+        print(f"apisix-runner: bad configuration: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         plugins = load_all(settings)
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS
-    unknown = sorted(set(settings.plugin_options) - set(plugins))
-    if unknown:
-        print(
-            f"apisix-runner: plugin_options names plugins that are not loaded: {unknown}",
-            file=sys.stderr,
-        )
+    except SettingsError as exc:
+        print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     for path in insecure_plugin_paths(settings):
         print(f"apisix-runner: warning: {path} is world-writable", file=sys.stderr)
@@ -60,23 +95,39 @@ def _check(settings: Settings) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or DEFAULT_CONFIG
+    required = args.config is not None
+    if args.command == "check":
+        return load_settings(path, required=required)
+    settings = load_settings(path, workers=args.workers, profile_dir=args.profile,
+                             required=required)  # fmt: skip
+    _ = settings.socket_path
+    problem = settings.logging.file_problem()
+    if problem is not None:
+        raise SettingsError(problem)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "check":
-            return _check(load_settings(args.config))
-        settings = load_settings(args.config, workers=args.workers, profile_dir=args.profile)
-        _ = settings.socket_path
+        settings = _settings(args)
     except SettingsError as exc:
         print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "check":
+        return _check(settings)
     from runner.server.startup import serve
 
     try:
-        return serve(settings, args.config, args.foreground, args.workers)
+        return serve(settings, args.config or DEFAULT_CONFIG, args.foreground, args.workers)
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS
+    except SettingsError as exc:
+        print(f"apisix-runner: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
-        print(f"apisix-runner: cannot listen: {exc}", file=sys.stderr)
+        print(f"apisix-runner: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -108,6 +109,20 @@ class LoggingSettings(_Base, frozen=True):
     # Log file; None: stderr with --foreground, else nowhere but errors.
     file: str | None = None
 
+    def file_problem(self) -> str | None:
+        """Why the log file cannot be written, naming it; None if it can."""
+        if self.file is None:
+            return None
+        path = Path(self.file)
+        if path.exists():
+            return None if os.access(path, os.W_OK) else f"logging.file {path}: not writable"
+        parent = path.parent
+        if not parent.is_dir():
+            return f"logging.file {path}: the directory {parent} does not exist"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"logging.file {path}: cannot create it in {parent} (not writable)"
+        return None
+
 
 class Settings(_Base, frozen=True):
     socket: SocketSettings = SocketSettings()
@@ -161,16 +176,24 @@ class Settings(_Base, frozen=True):
         return [Path(self.base_dir, d) for d in self.plugin_dirs]
 
 
-def _read_yaml(path: Path) -> dict[str, object]:
+def _read_yaml(path: Path, required: bool) -> tuple[dict[str, object], str]:
+    """The mapping in the file, and its text."""
+    if not path.exists():
+        if required:
+            raise SettingsError(f"{path}: no such file (given with --config)")
+        return {}, ""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
-        return {}
+        return {}, text
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: expected a mapping at the top level")
-    return data
+    return data, text
 
 
 def _listen_path(address: str) -> str:
@@ -179,17 +202,41 @@ def _listen_path(address: str) -> str:
     return address[len("unix:") :]
 
 
-def _octal_mode(data: dict[str, object]) -> None:
-    # YAML 1.1 reads `mode: 0766` as octal already; accept "0766" / "0o766" too.
+_OCTAL = re.compile(r"(0o?)?[0-7]{1,4}")
+
+
+def _mode_as_written(text: str) -> str | None:
+    """socket.mode as it is written in the YAML text (before YAML reads it)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
+        if key.value == "socket" and isinstance(value, yaml.MappingNode):
+            for k, v in value.value:
+                if k.value == "mode" and isinstance(v, yaml.ScalarNode):
+                    return str(v.value)
+    return None
+
+
+def _octal_mode(data: dict[str, object], text: str) -> None:
+    """socket.mode is a file mode, always octal: `0766`, `0o766` or a quoted
+    "766". A plain `766` would be read as the decimal 766 (mode 1376)."""
     sock = data.get("socket")
-    if isinstance(sock, dict) and isinstance(sock.get("mode"), str):
-        text = sock["mode"]
-        try:
-            sock["mode"] = int(text, 8)
-        except ValueError:
-            raise SettingsError(
-                f"socket.mode: expected an octal file mode like 0766, got {text!r}"
-            ) from None
+    if not isinstance(sock, dict) or "mode" not in sock:
+        return
+    mode = sock["mode"]
+    written = _mode_as_written(text) if isinstance(mode, int) else mode
+    fine = isinstance(written, str) and _OCTAL.fullmatch(written) is not None
+    if isinstance(mode, int) and fine and not str(written).startswith("0"):
+        fine = False  # an unquoted 766 is a decimal number to YAML
+    if not fine:
+        raise SettingsError(
+            f"socket.mode: {written!r} is not an octal file mode; write it with a leading 0, "
+            'e.g. 0766 (or quoted: "766")'
+        )
+    if isinstance(mode, str):
+        sock["mode"] = int(mode, 8)
 
 
 def _apply_env(data: dict[str, object], env: Mapping[str, str]) -> None:
@@ -217,15 +264,17 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     workers: int | None = None,
     profile_dir: str | None = None,
+    required: bool = False,
 ) -> Settings:
-    """Read config.yaml (a missing file means all defaults), apply the
-    environment and command-line overrides, validate once."""
+    """Read config.yaml (a missing file means all defaults, unless
+    ``required``: it was named with --config), apply the environment and
+    command-line overrides, validate once."""
     path = Path(path)
-    data = _read_yaml(path)
+    data, text = _read_yaml(path, required)
     for key in ("conf_expire_time", "base_dir", "profile_dir"):
         if key in data:
             raise SettingsError(f"{key}: not a config.yaml setting")
-    _octal_mode(data)
+    _octal_mode(data, text)
     _apply_env(data, os.environ if env is None else env)
     if workers is not None:
         data["workers"] = workers

@@ -40,7 +40,7 @@ def test_yaml_values_and_overrides(tmp_path: Path) -> None:
         ("call_timeout: soon\n", ENV, r"Expected `float`, got `str` - at `\$.call_timeout`"),
         ("logging: {level: LOUD}\n", ENV, r"\$.logging.level"),
         ("- a\n", ENV, "mapping"),
-        ("socket: {mode: rw}\n", ENV, "socket.mode: expected an octal"),
+        ("socket: {mode: rw}\n", ENV, "socket.mode: 'rw' is not an octal file mode"),
         ("", {"APISIX_LISTEN_ADDRESS": "tcp:1.2.3.4"}, "unix:/path/to.sock"),
         ("", {**ENV, "APISIX_CONF_EXPIRE_TIME": "1h"}, "APISIX_CONF_EXPIRE_TIME"),
     ],

@@ -83,6 +83,10 @@ def _import_file(path: Path) -> ModuleType:
         # rewritten within the same second at the same size would otherwise
         # reload stale bytecode on SIGHUP.
         exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+    except SyntaxError as exc:
+        sys.modules.pop(mod_name, None)
+        where = f"{exc.filename or path}:{exc.lineno or 0}:{exc.offset or 0}"
+        raise PluginError(f"{where}: {exc.msg}") from None
     except Exception as exc:
         sys.modules.pop(mod_name, None)
         raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc
@@ -112,6 +116,12 @@ def _from_entry_points(adapters: Sequence[Adapter]) -> Iterator[type[Plugin]]:
             raise PluginError(f"entry point {ep.name} is neither a Plugin class nor a module")
 
 
+def _origin(cls: type) -> str:
+    """Where a plugin class comes from: its file, else its module."""
+    module = sys.modules.get(cls.__module__)
+    return str(getattr(module, "__file__", None) or cls.__module__)
+
+
 def _instantiate(cls: type[Plugin]) -> Plugin:
     try:
         plugin = cls()
@@ -137,7 +147,8 @@ def load_plugins(
         sources.extend(_from_entry_points(adapters))
     for cls in sources:
         if cls.name in found:
-            raise PluginError(f"two plugins are named {cls.name!r}")
+            first = _origin(type(found[cls.name]))
+            raise PluginError(f"two plugins are named {cls.name!r}: {first} and {_origin(cls)}")
         found[cls.name] = _instantiate(cls)
     log.info("loaded plugins: %s", ", ".join(sorted(found)) or "(none)")
     return found

@@ -107,7 +107,11 @@ def healthy(directory: str) -> bool:
     return bool(expected) and status.get("workers_ready", 0) >= expected
 
 
-def make_app(directory: str, conf_tokens: Callable[[], int | None]) -> Any:
+def make_app(
+    directory: str,
+    conf_tokens: Callable[[], int | None],
+    socket_ok: Callable[[], bool] = lambda: True,
+) -> Any:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RunnerCollector(directory, conf_tokens))
 
@@ -118,9 +122,12 @@ def make_app(directory: str, conf_tokens: Callable[[], int | None]) -> Any:
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [body]
         if path == "/healthz":
-            ok = healthy(directory)
+            reachable = socket_ok()
+            ok = reachable and healthy(directory)
             start_response("200 OK" if ok else "503 Service Unavailable",
                            [("Content-Type", "text/plain")])  # fmt: skip
+            if not reachable:  # removed, or taken by another process: APISIX can't reach us
+                return [b"the socket path no longer leads to this runner\n"]
             return [b"ok\n" if ok else b"starting or degraded\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"try /metrics or /healthz\n"]
@@ -133,7 +140,12 @@ class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         pass  # one line per scrape would drown the runner's log
 
 
-def serve(sock: socket.socket, directory: str, conf_tokens: Callable[[], int | None]) -> None:
+def serve(
+    sock: socket.socket,
+    directory: str,
+    conf_tokens: Callable[[], int | None],
+    socket_ok: Callable[[], bool],
+) -> None:
     """The body of the exporter process (never returns)."""
     host, port = sock.getsockname()[:2]
     server = wsgiref.simple_server.WSGIServer((host, port), _QuietHandler, bind_and_activate=False)
@@ -143,5 +155,5 @@ def serve(sock: socket.socket, directory: str, conf_tokens: Callable[[], int | N
     server.server_address = (host, port)
     server.server_name, server.server_port = host, port
     server.setup_environ()
-    server.set_app(make_app(directory, conf_tokens))
+    server.set_app(make_app(directory, conf_tokens, socket_ok))
     server.serve_forever()

@@ -40,6 +40,44 @@ def _gid(group: str | None) -> int:
         raise OSError(f"socket.group: no group named {group!r}") from None
 
 
+class SocketInUse(OSError):
+    """Another process accepts connections on the socket path."""
+
+
+def _accepts(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False  # a file left by a runner that is gone
+    except OSError:
+        return True  # e.g. EAGAIN (a full backlog) or EACCES: someone is there
+    finally:
+        probe.close()
+    return True
+
+
+def _holders(file_inode: int) -> list[int]:
+    """Pids that hold the listening socket bound at a path, found through
+    /proc (best effort: other users' processes are not readable)."""
+    sockets = set()
+    with contextlib.suppress(OSError), open("/proc/net/unix") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8 and int(fields[3], 16) & 0x10000:  # listening
+                with contextlib.suppress(OSError):
+                    if os.stat(fields[7]).st_ino == file_inode:
+                        sockets.add(f"socket:[{fields[6]}]")
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
+                pids.append(int(pid))
+    return sorted(pids)[:3]
+
+
 class Listener:
     def __init__(
         self,
@@ -58,6 +96,7 @@ class Listener:
         self._inode: tuple[int, int] | None = None
 
     def bind(self) -> socket.socket:
+        self._make_parent()
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         bound = False
@@ -96,15 +135,44 @@ class Listener:
                 f"not the configured {self.uid}:{self.gid}"
             )
 
+    def _make_parent(self) -> None:
+        parent = os.path.dirname(self.path) or "."
+        if os.path.isdir(parent):
+            return
+        try:
+            os.makedirs(parent, mode=0o755)
+        except OSError as exc:
+            raise OSError(
+                f"socket directory {parent} does not exist and cannot be created "
+                f"({exc.strerror}); create it, writable by the runner's user"
+            ) from None
+        log.info("created the socket directory %s", parent)
+
     def _remove_stale(self) -> None:
+        """Remove a socket file nobody serves; refuse to take a live one over."""
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{self.path} exists and is not a socket; refusing to replace it")
-        log.info("replacing stale socket file %s", self.path)
+        if _accepts(self.path):
+            holders = ", ".join(f"pid {pid}" for pid in _holders(st.st_ino)) or "another process"
+            raise SocketInUse(
+                f"{self.path} is served by {holders}: another runner is running on this "
+                "path; stop it first, or give this one another socket path"
+            )
+        log.info("replacing stale socket file %s (nothing accepts on it)", self.path)
         os.unlink(self.path)
+
+    def still_ours(self) -> bool:
+        """Whether the path still leads to the socket we bound (not removed,
+        not replaced by another runner's)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._inode
 
     def close(self) -> None:
         if self.sock is not None:

@@ -104,6 +104,8 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self._workers_flag = workers_flag  # --workers: wins over config.yaml on reload too
+        # A config file that existed at start must still exist at a reload.
+        self._config_required = os.path.exists(config_path)
         self.config_path = config_path
         self._load = load
         self._serve_worker = serve_worker
@@ -119,6 +121,7 @@ class Supervisor:
         self._store_dir = ""
         self._listener: Listener | None = None
         self._table: WorkerTable | None = None
+        self._socket_ok = True
         self._mailbox: Mailbox | None = None  # pokes the workers when one exits
         self._wake_r, self._wake_w = -1, -1
         self._metrics_sock: socket.socket | None = None
@@ -147,7 +150,8 @@ class Supervisor:
             self._mailbox = Mailbox(self._store_dir)
             self._start_metrics()
             self._install_signals()
-            log.info("listening on %s with %d workers", s.socket_path, s.workers)
+            log.info("listening on %s with %d worker%s", s.socket_path, s.workers,
+                     "" if s.workers == 1 else "s")  # fmt: skip
             self._spawn_missing()
             self._loop()
         finally:
@@ -188,7 +192,11 @@ class Supervisor:
                     serve as serve_exporter,  # prometheus_client: here only
                 )
 
-                serve_exporter(self._metrics_sock, self.metrics_dir, self._conf_tokens())
+                listener = self._listener
+                assert listener is not None
+                serve_exporter(
+                    self._metrics_sock, self.metrics_dir, self._conf_tokens(), listener.still_ours
+                )
             except BaseException:
                 log.exception("metrics exporter crashed")
                 code = 1
@@ -280,11 +288,21 @@ class Supervisor:
             self._check_ready()
             if self._stopping:
                 break
+            self._check_socket()
             if os.getppid() != self._parent:
                 log.warning("the process that started the runner exited; stopping")
                 self.handle_term()
             elif time.monotonic() >= self._respawn_at:
                 self._spawn_missing()
+
+    def _check_socket(self) -> None:
+        """Say so, once, when the socket path stops leading to this runner."""
+        assert self._listener is not None
+        ours = self._listener.still_ours()
+        if not ours and self._socket_ok:
+            log.error("%s was removed or replaced: APISIX cannot reach this runner "
+                      "(/healthz fails); restart it", self._listener.path)  # fmt: skip
+        self._socket_ok = ours
 
     def _sleep(self, timeout: float) -> None:
         # Every worker's pipe: "1" when it serves, "R" when it wants replacing.
@@ -322,6 +340,7 @@ class Supervisor:
                 self.config_path,
                 workers=self._workers_flag,
                 profile_dir=self.settings.profile_dir,
+                required=self._config_required,
             )
             plugins = self._load(settings)
         except (SettingsError, PluginError) as exc:
@@ -543,8 +562,16 @@ class Supervisor:
 
 
 def load_all(settings: Settings) -> dict[str, Plugin]:
-    """Every plugin the config names, in any plugin API the runner accepts."""
-    return load_plugins(plugin_dirs(settings), settings.entry_points, compat.ADAPTERS)
+    """Every plugin the config names, in any plugin API the runner accepts;
+    plugin_options may name only those."""
+    plugins = load_plugins(plugin_dirs(settings), settings.entry_points, compat.ADAPTERS)
+    unknown = sorted(set(settings.plugin_options) - set(plugins))
+    if unknown:
+        raise SettingsError(
+            f"plugin_options names plugins that are not loaded: {', '.join(unknown)} "
+            f"(loaded: {', '.join(sorted(plugins)) or 'none'})"
+        )
+    return plugins
 
 
 def main(settings: Settings, config_path: str, workers_flag: int | None = None) -> int:

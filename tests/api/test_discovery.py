@@ -44,7 +44,9 @@ def test_plugins_are_found_in_directories(tmp_path: Path) -> None:
     ("files", "message"),
     [
         ({"broken.py": "import no_such_module"}, r"broken.py failed to import: .*no_such_module"),
-        ({"x.py": GOOD, "y.py": GOOD}, "two plugins are named 'a'"),
+        ({"x.py": GOOD, "y.py": GOOD}, r"two plugins are named 'a': \S*/x.py and \S*/y.py"),
+        # file:line:col: message, as compilers say it, not a SyntaxError(...) repr
+        ({"bad.py": "x = 1\ndef f(:\n"}, r"^\S*/bad.py:2:7: invalid syntax$"),
         (
             {"z.py": "from runner import Plugin\nclass Z(Plugin):\n    name = 'z'\n"},
             "defines neither filter nor response_filter",

@@ -192,6 +192,7 @@ def test_profile_written_per_worker(runner_factory: RunnerFactory, tmp_path: Pat
 
     sock = f"/tmp/ar-prof-{os.getpid()}.sock"
     prof_dir = tmp_path / "prof"
+    (tmp_path / "none.yaml").write_text("{}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "start", "--config", str(tmp_path / "none.yaml"),
          "--workers", "2", "--profile", str(prof_dir)],
