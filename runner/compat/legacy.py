@@ -60,16 +60,16 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
-import sys
 import threading
 import types
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
 
 from runner.api.http import Request, Response
 from runner.api.multidict import Headers, MultiDict
 from runner.api.plugin import ConfError, Plugin, PluginError
+from runner.compat import shims
+from runner.compat.adapter import as_bytes, body_text, first_values, source_mentions, text
 
 log = logging.getLogger("runner.compat")
 
@@ -167,20 +167,6 @@ def _fetch(bridge: _Bridge | None, coro: Coroutine[Any, Any, _T], what: str) -> 
 # --------------------------------------------------------------------------- request
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
-
-
-def _first_values(m: MultiDict) -> dict[str, str]:
-    # The old API is one value per name: the first here (the old runner kept the
-    # last one, and re-sent it as the only one). A value-less arg reads as "".
-    out: dict[str, str] = {}
-    for name, value in m.multi_items():
-        if name not in out:
-            out[name] = "" if value is None else value
-    return out
-
-
 class _DictView:
     """The plain dict the old API hands out for headers or args.
 
@@ -231,9 +217,9 @@ def _put(target: MultiDict, key: Any, value: Any, if_changed: bool = False) -> b
     """
     if not key or value is None or value == "":
         return False
-    key, text = _text(key), _text(value)
-    if not if_changed or target.get(key) != text:
-        target[key] = text
+    name, value_text = text(key), text(value)
+    if not if_changed or target.get(name) != value_text:
+        target[name] = value_text
     return True
 
 
@@ -273,13 +259,13 @@ class LegacyRequest:
             self._headers.sync()
         done = _put(self._req.headers, key, value)
         if done and self._headers is not None:
-            self._headers.note(_text(key), _text(value))
+            self._headers.note(text(key), text(value))
         return done
 
     def get_headers(self) -> dict[str, str]:
         view = self._headers
         if view is None:
-            view = self._headers = _DictView(self._req.headers, _first_values(self._req.headers))
+            view = self._headers = _DictView(self._req.headers, first_values(self._req.headers))
         else:
             view.sync()
         return view.current
@@ -303,13 +289,13 @@ class LegacyRequest:
             self._args.sync()
         done = _put(self._req.args, key, value)
         if done and self._args is not None:
-            self._args.note(_text(key), _text(value))
+            self._args.note(text(key), text(value))
         return done
 
     def get_args(self) -> dict[str, str]:
         view = self._args
         if view is None:
-            view = self._args = _DictView(self._req.args, _first_values(self._req.args))
+            view = self._args = _DictView(self._req.args, first_values(self._req.args))
         else:
             view.sync()
         return view.current
@@ -405,7 +391,7 @@ class LegacyRequest:
         """The request body as text: UTF-8, undecodable bytes as surrogate escapes."""
         if self._body is None:
             raw = _fetch(self._bridge, self._req.body(), "request.get_body()")
-            self._body = raw.decode("utf-8", "surrogateescape")
+            self._body = body_text(raw)
         return self._body
 
     def set_body(self, body: str | bytes) -> bool:
@@ -413,13 +399,9 @@ class LegacyRequest:
         changed what get_body returned)."""
         if not body:
             return False
-        if isinstance(body, bytes):
-            data, text = body, body.decode("utf-8", "surrogateescape")
-        else:
-            text = _text(body)
-            data = text.encode("utf-8", "surrogateescape")
+        data = as_bytes(body)
         self._req.set_body(data)
-        self._body = text
+        self._body = body_text(data)
         return True
 
     # -- the route's configs (filled only during PrepareConf in the old runner)
@@ -525,12 +507,10 @@ class LegacyResponse:
         resp = self._resp
         for key, value in self._headers.items():
             if key and value is not None:
-                resp.headers[_text(key)] = _text(value)
+                resp.headers[text(key)] = text(value)
         body = self._body
         if body:
-            resp.body = (
-                body if isinstance(body, bytes) else _text(body).encode("utf-8", "surrogateescape")
-            )
+            resp.body = as_bytes(body)
         resp.status = self._status or 200
 
 
@@ -602,30 +582,6 @@ class _ThreadedLegacyPlugin(LegacyPlugin):
             bridge.close()
 
 
-def _names_in(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, str):
-            yield const  # getattr(request, "get_var") counts too
-        elif isinstance(const, types.CodeType):
-            yield from _names_in(const)
-
-
-def _source_fetches_extra_info(legacy_class: type[Any]) -> bool:
-    """Whether the plugin's source file mentions get_var/get_body anywhere; True
-    when it cannot be read (a thread is always correct, only slower). Not cached:
-    a reload (SIGHUP) may have changed the file."""
-    module = sys.modules.get(legacy_class.__module__)
-    filename = getattr(module, "__file__", None)
-    if not filename:
-        return True
-    try:
-        code = compile(Path(filename).read_bytes(), filename, "exec")
-    except (OSError, SyntaxError, ValueError):
-        return True
-    return not _FETCHES.isdisjoint(_names_in(code))
-
-
 def _legacy_name(legacy_class: type[Any]) -> str | None:
     # The old runner registered each subclass under cls.name(cls).
     try:
@@ -659,7 +615,7 @@ def wrap(legacy_class: type[Any]) -> type[LegacyPlugin]:
 
 def _wrap(legacy_class: type[Any], name: str) -> type[LegacyPlugin]:
     override = getattr(legacy_class, "run_in_thread", None)
-    threaded = override if isinstance(override, bool) else _source_fetches_extra_info(legacy_class)
+    threaded = override if isinstance(override, bool) else source_mentions(legacy_class, _FETCHES)
     base: type[LegacyPlugin] = _ThreadedLegacyPlugin if threaded else _InlineLegacyPlugin
     attrs = {"name": name, "legacy_class": legacy_class, "__module__": legacy_class.__module__}
     return cast(type[LegacyPlugin], type(f"Legacy{legacy_class.__name__}", (base,), attrs))
@@ -684,46 +640,16 @@ def plugin_classes(module: types.ModuleType) -> Iterator[type[Plugin]]:
 
 # --------------------------------------------------------------------------- import paths
 
-_MARK = "__apisix_runner_compat__"
-
 
 def install() -> bool:
     """Make ``apisix.runner.plugin.core``, ``apisix.runner.http.request`` and
-    ``apisix.runner.http.response`` importable, holding this module's classes.
-
-    The modules go straight into ``sys.modules``, which the import system asks
-    before any path: in the runner process these names always mean the
-    compatibility layer, even if some distribution named ``apisix`` is installed
-    (the old runner's own modules need its socket server and would not work
-    here). Other ``apisix.*`` modules are not provided. If an ``apisix`` module
-    was already imported by someone else it is left alone; old-style classes
-    built on its ``PluginBase`` are still wrapped. Idempotent; returns whether
-    the shims are in place.
-    """
-    existing = sys.modules.get("apisix")
-    if existing is not None:
-        if not getattr(existing, _MARK, False):
-            log.warning("a module named 'apisix' is already imported; not installing the shims")
-            return False
-        return True
-
-    def module(name: str, package: bool, **attrs: Any) -> types.ModuleType:
-        mod = types.ModuleType(name, "apisix-runner compatibility layer (runner.compat)")
-        if package:
-            mod.__path__ = []  # a package, but nothing else is importable under it
-        setattr(mod, _MARK, True)
-        for key, value in attrs.items():
-            setattr(mod, key, value)
-        return mod
-
-    core = module(CORE_MODULE, False, PluginBase=PluginBase)
-    request = module(REQUEST_MODULE, False, Request=LegacyRequest)
-    response = module(RESPONSE_MODULE, False, Response=LegacyResponse)
-    plugin_pkg = module("apisix.runner.plugin", True, core=core)
-    http_pkg = module("apisix.runner.http", True, request=request, response=response)
-    runner_pkg = module("apisix.runner", True, plugin=plugin_pkg, http=http_pkg)
-    root = module("apisix", True, runner=runner_pkg)
-    for mod in (core, request, response, plugin_pkg, http_pkg, runner_pkg):
-        sys.modules[mod.__name__] = mod
-    sys.modules["apisix"] = root  # last: its presence means "installed"
-    return True
+    ``apisix.runner.http.response`` importable, holding this module's classes
+    (see :mod:`runner.compat.shims`). Idempotent; returns whether the shims
+    are in place."""
+    return shims.install(
+        {
+            CORE_MODULE: {"PluginBase": PluginBase},
+            REQUEST_MODULE: {"Request": LegacyRequest},
+            RESPONSE_MODULE: {"Response": LegacyResponse},
+        }
+    )
