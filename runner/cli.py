@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from runner.api.plugin import PluginError
+import msgspec
+
+from runner.api.plugin import Plugin, PluginError
 from runner.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("runner")
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--foreground", action="store_true", help="log to the terminal (development)"
     )
+    start.add_argument("--debug", action="store_true", help="--foreground with DEBUG logs")
     start.add_argument(
         "--profile", metavar="DIR", default=None,
         help="write a cProfile of each worker to DIR/worker-<pid>.prof when it exits",
@@ -102,6 +105,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         return load_settings(path, required=required)
     settings = load_settings(path, workers=args.workers, profile_dir=args.profile,
                              required=required)  # fmt: skip
+    if args.debug:
+        debug_logs = msgspec.structs.replace(settings.logging, level="DEBUG")
+        settings = msgspec.structs.replace(settings, logging=debug_logs)
     _ = settings.socket_path
     problem = settings.logging.file_problem()
     if problem is not None:
@@ -109,7 +115,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extra: Sequence[type[Plugin]] = ()) -> int:
+    """``extra``: plugin classes to serve besides those of the config (the
+    guide's ``PluginRunner().register(...)``)."""
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
@@ -121,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runner.server.startup import serve
 
     try:
-        return serve(settings, args.config or DEFAULT_CONFIG, args.foreground, args.workers)
+        foreground = args.foreground or args.debug
+        return serve(settings, args.config or DEFAULT_CONFIG, foreground, args.workers, extra)
     except PluginError as exc:
         print(f"apisix-runner: cannot load plugins: {exc}", file=sys.stderr)
         return EXIT_PLUGINS

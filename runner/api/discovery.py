@@ -83,6 +83,14 @@ def _import_file(path: Path) -> ModuleType:
         # rewritten within the same second at the same size would otherwise
         # reload stale bytecode on SIGHUP.
         exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+    except ModuleNotFoundError as exc:
+        sys.modules.pop(mod_name, None)
+        if (exc.name or "").split(".")[0] != "apisix":
+            raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc
+        raise PluginError(
+            f"plugin file {path} imports {exc.name}, a module of a plugin API this runner "
+            "does not provide; docs/migration.md lists the APIs it runs and what each maps to"
+        ) from None
     except SyntaxError as exc:
         sys.modules.pop(mod_name, None)
         where = f"{exc.filename or path}:{exc.lineno or 0}:{exc.offset or 0}"
@@ -116,7 +124,7 @@ def _from_entry_points(adapters: Sequence[Adapter]) -> Iterator[type[Plugin]]:
             raise PluginError(f"entry point {ep.name} is neither a Plugin class nor a module")
 
 
-def _origin(cls: type) -> str:
+def origin(cls: type) -> str:
     """Where a plugin class comes from: its file, else its module."""
     module = sys.modules.get(cls.__module__)
     return str(getattr(module, "__file__", None) or cls.__module__)
@@ -147,8 +155,8 @@ def load_plugins(
         sources.extend(_from_entry_points(adapters))
     for cls in sources:
         if cls.name in found:
-            first = _origin(type(found[cls.name]))
-            raise PluginError(f"two plugins are named {cls.name!r}: {first} and {_origin(cls)}")
+            first = origin(type(found[cls.name]))
+            raise PluginError(f"two plugins are named {cls.name!r}: {first} and {origin(cls)}")
         found[cls.name] = _instantiate(cls)
     log.info("loaded plugins: %s", ", ".join(sorted(found)) or "(none)")
     return found

@@ -42,16 +42,23 @@ def first_values(m: MultiDict) -> dict[str, str]:
     return out
 
 
-def apply_mapping(target: MultiDict, wanted: Mapping[Any, Any], before: Mapping[Any, Any]) -> None:
+def apply_mapping(
+    target: MultiDict,
+    wanted: Mapping[Any, Any],
+    before: Mapping[Any, Any],
+    remove_missing: bool = True,
+) -> None:
     """Make ``target`` hold ``wanted`` where it differs from ``before`` (what the
-    plugin was shown): changed and new names are set, removed names deleted;
-    untouched ones are never sent, so multi-valued headers survive."""
+    plugin was shown): changed and new names are set and, with
+    ``remove_missing``, names left out are deleted; untouched ones are never
+    sent, so multi-valued headers survive."""
     for key, value in wanted.items():
         if value is not None and before.get(key, _MISSING) != value:
             target[text(key)] = text(value)
-    for key in before:
-        if key not in wanted:
-            target.discard(text(key))
+    if remove_missing:
+        for key in before:
+            if key not in wanted:
+                target.discard(text(key))
 
 
 _MISSING = object()

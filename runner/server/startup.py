@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.api.discovery import plugin_dirs
+from runner.api.plugin import Plugin
 from runner.ops.logs import setup_logging
 from runner.server.supervisor import main
 from runner.settings import Settings
@@ -26,9 +28,13 @@ def insecure_plugin_paths(settings: Settings) -> list[Path]:
 
 
 def serve(
-    settings: Settings, config_path: str, foreground: bool, workers_flag: int | None = None
+    settings: Settings,
+    config_path: str,
+    foreground: bool,
+    workers_flag: int | None = None,
+    extra: Sequence[type[Plugin]] = (),
 ) -> int:
     setup_logging(settings.logging, foreground)
     for path in insecure_plugin_paths(settings):
         log.warning("%s is world-writable: anyone can change the code the runner executes", path)
-    return main(settings, config_path, workers_flag)
+    return main(settings, config_path, workers_flag, extra)

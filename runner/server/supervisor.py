@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import select
@@ -39,11 +40,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runner import compat
-from runner.api.discovery import load_plugins, plugin_dirs
+from runner.api.discovery import bundled_plugins_dir, load_plugins, origin, plugin_dirs
 from runner.api.plugin import Plugin, PluginError
 from runner.conf.sharedstore import SqliteBackend
 from runner.ops.logs import set_role
@@ -561,10 +562,19 @@ class Supervisor:
                     raise
 
 
-def load_all(settings: Settings) -> dict[str, Plugin]:
-    """Every plugin the config names, in any plugin API the runner accepts;
-    plugin_options may name only those."""
+def load_all(settings: Settings, extra: Sequence[type[Plugin]] = ()) -> dict[str, Plugin]:
+    """Every plugin the config names, in any plugin API the runner accepts, and
+    the ``extra`` classes (registered in code: they replace a bundled plugin of
+    the same name); plugin_options may name only those."""
     plugins = load_plugins(plugin_dirs(settings), settings.entry_points, compat.ADAPTERS)
+    bundled = str(bundled_plugins_dir())
+    for cls in extra:
+        known = plugins.get(cls.name)
+        if known is not None and not origin(type(known)).startswith(bundled):
+            raise PluginError(
+                f"two plugins are named {cls.name!r}: {origin(type(known))} and {origin(cls)}"
+            )
+        plugins[cls.name] = cls()
     unknown = sorted(set(settings.plugin_options) - set(plugins))
     if unknown:
         raise SettingsError(
@@ -574,8 +584,14 @@ def load_all(settings: Settings) -> dict[str, Plugin]:
     return plugins
 
 
-def main(settings: Settings, config_path: str, workers_flag: int | None = None) -> int:
+def main(
+    settings: Settings,
+    config_path: str,
+    workers_flag: int | None = None,
+    extra: Sequence[type[Plugin]] = (),
+) -> int:
     from runner.server.worker import serve_worker
 
     sys.stdout.flush()  # nothing buffered may be written twice after fork
-    return Supervisor(settings, config_path, load_all, serve_worker, workers_flag).run()
+    load = functools.partial(load_all, extra=extra)
+    return Supervisor(settings, config_path, load, serve_worker, workers_flag).run()
