@@ -75,7 +75,38 @@ def _holders(file_inode: int) -> list[int]:
             fds = os.listdir(f"/proc/{pid}/fd")
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
                 pids.append(int(pid))
-    return sorted(pids)[:3]
+    return sorted(pids)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat_line = f.read()
+    except OSError:
+        return 0
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    return int(stat_line.rpartition(")")[2].split()[1])
+
+
+def _apisix_reload(holders: list[int]) -> bool:
+    """Whether the live socket belongs to the runner of the APISIX generation
+    being replaced. On ``apisix reload`` the new privileged agent spawns this
+    runner on the same path before the old agent stops its own; both agents
+    are children of the one nginx master. So: started by APISIX (only its spawn
+    sets APISIX_CONF_EXPIRE_TIME), the other runner's parent is another process
+    than ours, and the two parents share their parent. Anything else, such as a
+    second runner started by hand, must not take a live socket."""
+    if not os.environ.get("APISIX_CONF_EXPIRE_TIME"):
+        return False
+    parent = os.getppid()
+    master = _ppid(parent)
+    for pid in holders:
+        their_parent = _ppid(pid)
+        if their_parent in holders:
+            continue  # a worker of that runner; its supervisor decides
+        if their_parent != parent and master > 1 and _ppid(their_parent) == master:
+            return True
+    return False
 
 
 class Listener:
@@ -157,12 +188,17 @@ class Listener:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{self.path} exists and is not a socket; refusing to replace it")
         if _accepts(self.path):
-            holders = ", ".join(f"pid {pid}" for pid in _holders(st.st_ino)) or "another process"
-            raise SocketInUse(
-                f"{self.path} is served by {holders}: another runner is running on this "
-                "path; stop it first, or give this one another socket path"
-            )
-        log.info("replacing stale socket file %s (nothing accepts on it)", self.path)
+            holders = _holders(st.st_ino)
+            if not _apisix_reload(holders):
+                named = ", ".join(f"pid {pid}" for pid in holders[:3]) or "another process"
+                raise SocketInUse(
+                    f"{self.path} is served by {named}: another runner is running on this "
+                    "path; stop it first, or give this one another socket path"
+                )
+            log.info("taking %s over from the runner APISIX is replacing (pid %s)",
+                     self.path, holders[0])  # fmt: skip
+        else:
+            log.info("replacing stale socket file %s (nothing accepts on it)", self.path)
         os.unlink(self.path)
 
     def still_ours(self) -> bool:

@@ -60,6 +60,7 @@ def start_runner(
     config: dict[str, Any] | None = None,
     extra_env: dict[str, str | None] | None = None,
     sock: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> RunningRunner:
     """Start ``python -m runner start --foreground`` like ``runner_factory`` does,
     optionally on a chosen socket path; returns once the socket accepts.
@@ -75,7 +76,8 @@ def start_runner(
     occupied = os.path.exists(sock)
     cfg_path = write_config(Path(tmp_dir), config, plugins_dir)
     log_path = Path(tmp_dir, "runner.log")
-    argv = [sys.executable, "-m", "runner", "start", "--config", str(cfg_path), "--foreground"]
+    argv = [*prefix, sys.executable, "-m", "runner", "start", "--config", str(cfg_path)]
+    argv.append("--foreground")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv,

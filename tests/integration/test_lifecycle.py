@@ -1,4 +1,4 @@
-"""Runner lifecycle (PROTOCOL.md §6.9, §8 items 1-2 and 15): socket file,
+"""Runner lifecycle (docs/protocol.md §10 and §4.3): socket file,
 SIGTERM, start-up failures."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_socket_mode_default(runner_factory: RunnerFactory) -> None:
 
 @pytest.mark.parametrize("mode", [0o700, 0o777, 0o760])
 def test_socket_mode_configurable(runner_factory: RunnerFactory, mode: int) -> None:
-    runner = runner_factory(config={"socket": {"mode": mode}})
+    runner = runner_factory(config={"socket": {"mode": f"{mode:04o}"}})  # "0700": octal
     assert mode_of(runner.socket_path) == mode
     arun(serves(runner))
 
@@ -120,7 +120,7 @@ def test_sigterm_exits_fast_and_removes_socket(runner_factory: RunnerFactory) ->
 
 def test_sigterm_during_hung_call_exits_within_a_second(runner_factory: RunnerFactory) -> None:
     """An in-flight call that never finishes is cut short: APISIX SIGKILLs 1 s
-    after SIGTERM (§6.9)."""
+    after SIGTERM (docs/protocol.md §10.2)."""
     runner = runner_factory(plugins_dir=PLUGINS_DIR)
     sock = runner.socket_path
 
@@ -146,14 +146,30 @@ def test_sigterm_during_hung_call_exits_within_a_second(runner_factory: RunnerFa
     assert not os.path.exists(sock)
 
 
+# APISIX's privileged agent, as far as the runner can tell: a process that
+# spawns the runner and waits (SIGTERM to the group is for the runner).
+AGENT = [
+    sys.executable, "-c",
+    "import signal, subprocess, sys\n"
+    "runner = subprocess.Popen(sys.argv[1:])\n"
+    "signal.signal(signal.SIGTERM, lambda *_: None)\n"
+    "sys.exit(runner.wait())\n",
+]  # fmt: skip
+
+
 def test_old_runner_leaves_the_new_runners_socket(sock_dir: str) -> None:
-    """apisix reload: a new runner binds the same path before the old one exits;
-    the old one must not unlink the new socket (§6.9)."""
+    """apisix reload: the new agent's runner binds the same path while the old
+    agent's runner still serves, and takes it over (both agents are children
+    of one nginx master, here this test); the old one must not unlink the new
+    socket (docs/protocol.md §10.2)."""
     sock = os.path.join(sock_dir, "r.sock")
-    old = start_runner(plugins_dir=None, sock=sock)
+    old = start_runner(plugins_dir=None, sock=sock, prefix=AGENT)
     new = None
     try:
-        new = start_runner(plugins_dir=None, sock=sock)
+        new = start_runner(plugins_dir=None, sock=sock, prefix=AGENT)
+        assert "taking" in new.log_text() and "over from the runner APISIX is replacing" in (
+            new.log_text()
+        )
         assert old.stop() == 0
         assert os.path.exists(sock)
         arun(serves(new))
@@ -261,7 +277,7 @@ def test_duplicate_plugin_name(tmp_path: Path, sock_dir: str) -> None:
 
 
 def test_tokens_slide_while_used_and_expire_when_idle(runner_factory: RunnerFactory) -> None:
-    """PROTOCOL.md §6.3/§8 item 2: the token lifetime (2 x APISIX_CONF_EXPIRE_TIME,
+    """docs/protocol.md §4.3: the token lifetime (2 x APISIX_CONF_EXPIRE_TIME,
     here 0.4 s) slides on every use; a token idle for longer is gone
     (CONF_TOKEN_NOT_FOUND, which makes APISIX re-prepare) and PrepareConf for
     its key issues a fresh one."""
