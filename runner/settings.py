@@ -1,11 +1,11 @@
 """The runner's settings: ``config.yaml`` plus what APISIX passes in the
 environment, as one frozen msgspec tree validated once at start-up.
 
-Environment (set by APISIX before it spawns the runner, PROTOCOL.md §6.9):
+Environment (set by APISIX before it spawns the runner, docs/protocol.md §10.1):
 
 * ``APISIX_LISTEN_ADDRESS`` — ``unix:/path/to.sock``; overrides ``socket.path``;
 * ``APISIX_CONF_EXPIRE_TIME`` — seconds APISIX caches a conf token (default
-  3600); tokens live at least twice that long here (§6.3).
+  3600); tokens live at least twice that long here (docs/protocol.md §4.3).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class SocketSettings(_Base, frozen=True):
     # Unix socket path; APISIX_LISTEN_ADDRESS wins when set.
     path: str | None = None
-    # APISIX workers often run as `nobody`: they need write permission (§6.9).
+    # APISIX workers often run as `nobody`: they need write permission (docs/protocol.md §10.6).
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] = 0o766
     # Owner and group of the socket file (names or numeric ids); default: the
     # runner's user. Set them when APISIX's workers run as another user.

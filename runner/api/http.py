@@ -109,7 +109,7 @@ class Request:
         if not value.startswith("/"):
             raise ValueError(f"a path starts with '/', got {value!r}")
         if "?" in value:
-            # APISIX escapes '?' in the path (PROTOCOL.md §6.6): set args instead.
+            # APISIX escapes '?' in the path (docs/protocol.md §5.4): set args instead.
             raise ValueError("put the query in request.args, not in the path")
         self._new_path = value
 

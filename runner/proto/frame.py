@@ -1,6 +1,6 @@
 """Frame layer of the ext-plugin protocol: a 4-byte header, then one flatbuffer.
 
-Wire format (PROTOCOL.md §2), identical in both directions::
+Wire format (docs/protocol.md §2), identical in both directions::
 
     0        1        2        3        4
     +--------+--------+--------+--------+=====================+

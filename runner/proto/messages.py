@@ -1,6 +1,6 @@
 """Views of the messages APISIX sends and builders of the runner's replies.
 
-Schema: ext-plugin-proto v0.6.1 (``ext-plugin.fbs`` beside this file, PROTOCOL.md §3).
+Schema: ext-plugin-proto v0.6.1 (``ext-plugin.fbs`` beside this file, docs/protocol.md §3).
 Views decode a field on first access and keep nothing but the buffer view.
 Builders return complete frames, header included, so the transport writes
 one ``bytes``-like object per reply.
@@ -431,7 +431,7 @@ def build_resp_call_resp(
     body: bytes | None,
 ) -> bytearray:
     """HTTPRespCall.Resp: id (0), status (1), headers (2), body (3).
-    ``headers`` None means "keep the upstream's"; see PROTOCOL.md §6.8.
+    ``headers`` None means "keep the upstream's"; see docs/protocol.md §7.3.
     Built like a Rewrite: a template per shape, the children as chunks."""
     has_headers = headers is not None
     layout = _RESP_CALL_LAYOUTS[has_headers | (2 if body else 0)]

@@ -1,7 +1,7 @@
 """The listening Unix socket: bound once, removed on exit only if still ours.
 
 APISIX may start a new runner on the same path while the old one is still
-exiting (``apisix reload``, PROTOCOL.md §6.9), so the old runner must not
+exiting (``apisix reload``, docs/protocol.md §10.2), so the old runner must not
 unlink the new one's socket: we remember the inode we bound and compare.
 """
 

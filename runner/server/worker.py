@@ -42,7 +42,7 @@ NO_PEER_GRACE = 2.0
 IDLE_CLOSE = 0.1
 RETIRE_SECONDS = 30.0
 
-# APISIX SIGKILLs its runner 1 s after SIGTERM (PROTOCOL.md §6.9): in-flight
+# APISIX SIGKILLs its runner 1 s after SIGTERM (docs/protocol.md §10.2): in-flight
 # calls get this long to finish, the rest of the second is for exiting.
 DRAIN_SECONDS = 0.7
 

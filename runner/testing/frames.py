@@ -369,7 +369,7 @@ def parse_resp_call_resp(payload: bytes, extra: Entries) -> RespCallResult:
 
 
 def apply_rewrite(request: HTTPRequest, rw: Rewrite) -> HTTPRequest:
-    """Return the request APISIX would send upstream after applying ``rw`` (§6.6).
+    """Return the request APISIX would send upstream after applying ``rw`` (docs/protocol.md §5.4).
 
     Headers are set or deleted (value ``None``) case-insensitively, the new name
     lower-cased; a later entry for the same header overwrites an earlier one.
