@@ -1,6 +1,6 @@
 """A load generator that talks to a plugin runner the way APISIX does.
 
-    python -m bench.loadgen [--socket PATH --pid PID ... | --workers N]
+    python -m bench.loadgen [--socket PATH --pid PID [PID ...] | --workers N]
         [--workload NAME | --plugin NAME [--conf JSON] | --chain NAME:JSON ...]
         [--plugin-dir DIR ...] [--runner-config YAML]
         [--connections 16] [--duration 10] [--processes P] [--warmup 1]
@@ -16,9 +16,11 @@ on CONF_TOKEN_NOT_FOUND and reopens a connection after any error.
 Without --socket it starts `python -m runner start --workers N --foreground`
 itself (with --plugin-dir directories and --runner-config) and measures that
 process and all its descendants. With --socket it measures the --pid
-processes (and their descendants).
+processes (and their descendants): --pid takes several pids, space- or
+comma-separated, and may be repeated, so `--pid $(pgrep -f 'runner start')`
+(the supervisor and its workers) works; each process is counted once.
 
---workload NAME runs one row of the issue's target table (WORKLOADS: the
+--workload NAME runs one row of the target table (WORKLOADS: the
 chain, its connections, the ExtraInfo answers, bench/plugins loaded).
 --suite runs the whole table against one runner, every workload --rounds
 times interleaved, plus the bare-loop floor (bench.fake_runner), PrepareConf
@@ -904,7 +906,7 @@ def format_table(r: Result) -> str:
 
 # --------------------------------------------------------------------------- suite
 #
-# The issue's target table, measured side by side: one runner (1 worker, the
+# The target table, measured side by side: one runner (1 worker, the
 # bundled plugins and bench/plugins loaded), every workload run once per round,
 # rounds interleaved, the median of the rounds reported. Interleaving matters
 # on a shared machine: a noisy minute hits every workload, not just one.
@@ -916,6 +918,7 @@ SUITE_VARS = (("remote_addr", "192.0.2.17"),)  # what APISIX answers to ExtraInf
 PREPARE_PLUGINS = 50
 PREPARE_TARGET_US = 1000.0
 RSS_TARGET_MIB = 40.0
+RUN_OVERHEAD_S = 1.0  # per suite run: client processes started, connected, prepared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1138,12 +1141,14 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
             fakes["floor-var"] = stack.enter_context(fake_runner("remote_addr"))
         workers = [p for p in descendants((pid,)) if p != pid]
         at_start = {str(p): rss_mib(p) for p in workers}
+        runs = s.rounds * (len(workloads) + len(fakes) + 1)  # + 1: the PrepareConf round
+        progress = SuiteProgress(runs, s.warmup + s.duration + RUN_OVERHEAD_S)
         for rnd in range(s.rounds):
             for w in workloads:
-                _say(s, f"round {rnd + 1}/{s.rounds}: {w.name}")
+                progress.step(f"round {rnd + 1}/{s.rounds}: {w.name}")
                 rows[w.name].runs.append(_run_against(_workload_options(w, s), path, (pid,)))
             for name, (fpath, fpid) in fakes.items():
-                _say(s, f"round {rnd + 1}/{s.rounds}: {name}")
+                progress.step(f"round {rnd + 1}/{s.rounds}: {name}")
                 fw = WORKLOADS["stop"]
                 floors[name].runs.append(_run_against(_workload_options(fw, s), fpath, (fpid,)))
         # Memory before the PrepareConf rounds: each of their routes leaves a
@@ -1153,7 +1158,7 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
         conf50 = prepare_conf_of(PREPARE_PLUGINS)
         measure_prepare(path, (pid,), conf50, 20)  # warm-up: caches, SQLite pages
         for rnd in range(s.rounds):
-            _say(s, f"round {rnd + 1}/{s.rounds}: PrepareConf x {s.prepare_count}")
+            progress.step(f"round {rnd + 1}/{s.rounds}: PrepareConf x {s.prepare_count}")
             prepares.append(measure_prepare(path, (pid,), conf50, s.prepare_count))
         after_prepares = {str(p): rss_mib(p) for p in workers}
     for w in workloads:
@@ -1191,9 +1196,24 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
     }
 
 
-def _say(s: SuiteOptions, text: str) -> None:
-    if s.progress:
-        sys.stderr.write("\r\x1b[K" + text + "\n")
+class SuiteProgress:
+    """One line per run of the suite on stderr, terminal or not:
+    ``[k/N] round r/R: NAME (~M s left)``. The time left is the runs still to
+    do (this one included) times the mean of the runs done so far, or
+    ``run_s`` before the first one ends."""
+
+    def __init__(self, total: int, run_s: float) -> None:
+        self.total, self.run_s = total, run_s
+        self.done = 0
+        self.start = time.monotonic()
+
+    def step(self, label: str) -> None:
+        elapsed = time.monotonic() - self.start
+        per_run = elapsed / self.done if self.done else self.run_s
+        left = (self.total - self.done) * per_run
+        self.done += 1
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a live progress line
+        sys.stderr.write(f"{clear}[{self.done}/{self.total}] {label} (~{left:.0f} s left)\n")
         sys.stderr.flush()
 
 
@@ -1281,6 +1301,20 @@ def _pair(text: str, sep: str) -> tuple[str, str]:
     return name, value
 
 
+def _pids(text: str) -> list[int]:
+    """One --pid word: a pid, or several separated by commas or white space
+    (`--pid "$(pgrep -f 'runner start')"` gives one word with newlines)."""
+    words = text.replace(",", " ").split()
+    if not words:
+        raise argparse.ArgumentTypeError(f"expected a pid, got {text!r}")
+    pids = []
+    for word in words:
+        if not word.isdigit() or int(word) <= 0:
+            raise argparse.ArgumentTypeError(f"not a pid: {word!r}")
+        pids.append(int(word))
+    return pids
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
@@ -1290,7 +1324,16 @@ def _parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--socket", help="load a runner already listening on this path")
     target.add_argument("--workers", type=int, default=1, help="start a runner with N workers")
-    p.add_argument("--pid", type=int, action="append", default=[], help="runner pid to measure")
+    p.add_argument(
+        "--pid",
+        type=_pids,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PID",
+        help="runner pid(s) to measure, with their descendants: several after one --pid, "
+        "comma-separated or repeated, e.g. --pid $(pgrep -f 'runner start')",
+    )
     p.add_argument("--plugin", help="plugin name for PrepareConf")
     p.add_argument("--conf", default="{}", help="the plugin's conf string (JSON)")
     p.add_argument(
@@ -1394,7 +1437,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, SuiteOptions | N
         )
     opts = Options(
         socket=a.socket,
-        pids=tuple(a.pid),
+        pids=tuple(dict.fromkeys(pid for group in a.pid for pid in group)),
         workers=a.workers,
         conf=tuple(conf),
         connections=connections or 16,

@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from . import rig
 
 WRK_DIR = rig.REPO_ROOT / "bench" / "wrk"
 PLUGINS_DIR = rig.REPO_ROOT / "plugins"
+WRK_OVERHEAD_S = 0.3  # per wrk run: start-up and the final report
 _WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})$", re.MULTILINE)
 
 
@@ -199,6 +201,65 @@ def render_table(cells: list[Cell], reps: int) -> str:
     return "\n".join(lines)
 
 
+class Eta:
+    """``[k/N] ... (~M s left)`` lines on stderr, one per wrk run: the runs
+    still to do (this one included) times the mean wall time of the runs done
+    so far, or ``run_s`` before the first one ends."""
+
+    def __init__(self, total: int, run_s: float) -> None:
+        self.total, self.run_s = total, run_s
+        self.done = 0
+        self.start = time.monotonic()
+
+    def step(self, label: str) -> None:
+        elapsed = time.monotonic() - self.start
+        per_run = elapsed / self.done if self.done else self.run_s
+        left = (self.total - self.done) * per_run
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {label} (~{left:.0f} s left)", file=sys.stderr)
+
+
+def measure(
+    gw: rig.Rig,
+    scenarios: Sequence[Scenario],
+    conns: Sequence[int],
+    reps: int,
+    duration: int,
+    wrk: Callable[[str, str, int, int], dict[str, float]] = run_wrk,
+) -> tuple[list[Cell], list[Run]]:
+    """Every (scenario, connections, repetition), the Lua and Python routes
+    alternating; a line with the count and the time left before each run."""
+    cells: list[Cell] = []
+    runs: list[Run] = []
+    eta = Eta(len(scenarios) * len(conns) * reps * 2, duration + WRK_OVERHEAD_S)
+    for s in scenarios:
+        for c in conns:
+            cell = Cell(s.name, c)
+            cells.append(cell)
+            for rep in range(reps):
+                for variant, path in (("lua", s.lua_path), ("python", s.py_path)):
+                    eta.step(f"{s.name} c={c} variant {variant} rep {rep + 1}/{reps}")
+                    res = wrk(gw.url(path), s.script, c, duration)
+                    run = Run(
+                        s.name,
+                        variant,
+                        c,
+                        res["rps"],
+                        int(res["p50_us"]),
+                        int(res["p99_us"]),
+                        int(res["errors"]),
+                        int(res["non2xx"]),
+                    )
+                    runs.append(run)
+                    cell.runs.setdefault(variant, []).append(run)
+                    print(
+                        f"# {s.name} -c{c} rep {rep + 1} {variant}: {run.rps:,.0f} req/s "
+                        f"p50 {_ms(run.p50_us)} p99 {_ms(run.p99_us)}",
+                        file=sys.stderr,
+                    )
+    return cells, runs
+
+
 def _ms(us: int) -> str:
     return f"{us / 1000:.2f} ms"
 
@@ -245,35 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{gw.runner.pid} ({args.workers} worker), {gw.url('/')}",
             file=sys.stderr,
         )
+        warmup_s = len(scenarios) * 2 * (max(args.warmup, 0) + WRK_OVERHEAD_S)
+        routes = len(scenarios) * 2
+        print(f"# checking and warming up {routes} routes (~{warmup_s:.0f} s)", file=sys.stderr)
         for s in scenarios:
             for path in (s.lua_path, s.py_path):
                 check_route(gw, s, path)
                 if args.warmup > 0:
                     run_wrk(gw.url(path), s.script, conns[0], args.warmup)
-        for s in scenarios:
-            for c in conns:
-                cell = Cell(s.name, c)
-                cells.append(cell)
-                for rep in range(args.reps):
-                    for variant, path in (("lua", s.lua_path), ("python", s.py_path)):
-                        res = run_wrk(gw.url(path), s.script, c, args.duration)
-                        run = Run(
-                            s.name,
-                            variant,
-                            c,
-                            res["rps"],
-                            int(res["p50_us"]),
-                            int(res["p99_us"]),
-                            int(res["errors"]),
-                            int(res["non2xx"]),
-                        )
-                        runs.append(run)
-                        cell.runs.setdefault(variant, []).append(run)
-                        print(
-                            f"# {s.name} -c{c} rep {rep + 1} {variant}: {run.rps:,.0f} req/s "
-                            f"p50 {_ms(run.p50_us)} p99 {_ms(run.p99_us)}",
-                            file=sys.stderr,
-                        )
+        cells, runs = measure(gw, scenarios, conns, args.reps, args.duration)
     finally:
         gw.stop()
 

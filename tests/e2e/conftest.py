@@ -2,13 +2,15 @@
 bench/gateway, the real runner, the echo upstream (see bench/gateway/rig.py).
 
 Every test here is skipped, with the reason, only when nginx or its Lua module
-is not installed; CI installs them (.ci/run), so there they run.
+is not installed, and the tests that drive load with wrk when wrk is not
+installed; CI installs them (.ci/run), so there they run.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +26,23 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.gateway import rig  # noqa: E402
 
-PLUGINS_DIR = str(Path(__file__).resolve().parent / "e2e_plugins")
+HERE = Path(__file__).resolve().parent
+PLUGINS_DIR = str(HERE / "e2e_plugins")
 MISSING = rig.missing_requirements()
+NEEDS_WRK = ("test_reload.py",)  # whole modules; test_wrk_scripts.py marks its one test
+
+
+def wrk_missing() -> str | None:
+    """Why the wrk tests cannot run here, or None when wrk is on PATH."""
+    return None if shutil.which("wrk") else "wrk is not installed (apt-get install wrk)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if (reason := wrk_missing()) is None:
+        return
+    for item in items:
+        if item.path.parent == HERE and item.path.name in NEEDS_WRK:
+            item.add_marker(pytest.mark.skip(reason=f"this test drives load with wrk: {reason}"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""What an APISIX-like gateway does with the runner's replies (PROTOCOL.md §6),
+"""What an APISIX-like gateway does with the runner's replies (docs/protocol.md §5-§7),
 seen from the client and from the echo upstream."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_multi_valued_stop_and_resp_headers(gateway: rig.Rig) -> None:
 
 
 def test_what_the_runner_is_sent(gateway: rig.Rig) -> None:
-    """§6.5: lower-case header names, one entry per value, host = upstream host,
+    """docs/protocol.md §5.1: lower-case header names, one entry per value, host = upstream host,
     args without a value, the client address and method."""
     reply = request(
         gateway,
@@ -75,7 +75,7 @@ def test_rewrite_path_headers_args_as_the_upstream_sees_them(gateway: rig.Rig) -
         headers={"X-Drop": "bye", "X-Keep": "k", "X-A": "old"},
     )
     echo = reply.echo()
-    # §6.6: the path is escaped like ngx_escape_uri type 0, the query is kept
+    # docs/protocol.md §5.4: the path is escaped like ngx_escape_uri type 0, the query is kept
     assert echo["path"] == "/v2/a%20b/%C3%A9%23%25"
     assert Counter(echo["args"]) == Counter([("keep", "2"), ("lang", "en")])
     h = echo["header_map"]
@@ -199,7 +199,7 @@ def test_post_resp_status_only_streams_the_upstream_body(gateway: rig.Rig) -> No
 
 
 def test_post_resp_no_change_copies_upstream_headers_minus_excluded(gateway: rig.Rig) -> None:
-    """§6.8: zero headers from the runner: APISIX copies the upstream's headers
+    """docs/protocol.md §7.3: zero headers from the runner: APISIX copies the upstream's headers
     except the excluded ones (Location is one of them)."""
     reply = request(
         gateway,

@@ -1,4 +1,4 @@
-"""The runner going away and coming back, as the gateway sees it (§6.3-6.4):
+"""The runner going away and coming back, as the gateway sees it (docs/protocol.md §4.4-§4.5):
 a restarted runner answers the old token with CONF_TOKEN_NOT_FOUND and the
 gateway re-prepares and retries; a runner that is down means 503."""
 
@@ -71,7 +71,7 @@ def test_runner_down_is_503_and_recovers(gw: rig.Rig) -> None:
 def test_burst_of_first_requests_during_a_slow_prepare_conf() -> None:
     """96 concurrent first requests while PrepareConf takes 0.3 s (as jwt-auth's
     first one does): each holds its call connection and its PrepareConf
-    connection (§6.1), so ~190 connections queue on the runner's listen backlog."""
+    connection (docs/protocol.md §8.3), so ~190 connections queue on the runner's listen backlog."""
     routes = {"routes": [{"uri": "/slow", "plugins": pre(("e2e-slow-conf", "0.3"))}]}
     gateway = rig.start(routes, plugin_dirs=[PLUGINS_DIR])
     try:

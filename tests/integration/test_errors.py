@@ -1,5 +1,5 @@
 """Failures: plugins that raise or hang, malformed frames, and connections that
-must not block each other (PROTOCOL.md §5.5, §6.1, §8 items 3-5)."""
+must not block each other (docs/protocol.md §2.4, §8 and §9)."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def test_unexpected_frame_during_extra_info(shared_runner: RunningRunner) -> Non
 
 
 def test_second_connection_served_during_extra_info(shared_runner: RunningRunner) -> None:
-    """PROTOCOL.md §6.1 nested connection: while connection A waits inside an
+    """docs/protocol.md §8.3, the second connection: while connection A waits in an
     ExtraInfo round trip, APISIX opens B for PrepareConf and a call."""
 
     async def scenario() -> None:
@@ -313,7 +313,7 @@ def test_many_concurrent_connections(shared_runner: RunningRunner) -> None:
 
 
 def test_reply_too_large_for_a_frame(shared_runner: RunningRunner) -> None:
-    """PROTOCOL.md §8 item 14: a Stop body over 16 MiB - 1 cannot be framed; the
+    """docs/protocol.md §2.3: a Stop body over 16 MiB - 1 cannot be framed; the
     runner answers SERVICE_UNAVAILABLE instead of a corrupt length, and goes on."""
     just_fits = (1 << 24) - 1 - 4096
     too_big = 1 << 24

@@ -385,7 +385,7 @@ def test_world_writable_plugin_dir_warns(runner_factory: RunnerFactory, tmp_path
 
 def test_runs_with_the_environment_nginx_passes(tmp_path: Path) -> None:
     """nginx passes the runner only PATH and APISIX's variables (no LANG or
-    LC_*, PROTOCOL.md §4): config, plugins and logs must not depend on a locale."""
+    LC_*, docs/protocol.md §10.5): config, plugins and logs must not depend on a locale."""
     from runner.testing.pytest_plugin import accepts
 
     cfg = tmp_path / "config.yaml"

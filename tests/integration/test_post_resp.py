@@ -1,4 +1,4 @@
-"""Post-resp (HTTPRespCall, type 4): response.t scenarios and PROTOCOL.md §6.8
+"""Post-resp (HTTPRespCall, type 4): response.t scenarios and docs/protocol.md §7.3
 (a runner that changes anything must send the complete header set)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_resp_call_input_echoed_unchanged(shared_runner: RunningRunner) -> None:
             assert result.status == 0
             assert result.body is None
             assert result.extra_info == []
-            # With no headers APISIX would drop Content-Type and Location (§6.8):
+            # With no headers APISIX would drop Content-Type and Location (docs/protocol.md §7.3):
             # the complete set must come back.
             assert normalized(result.headers) == normalized(UPSTREAM_HEADERS)
 
@@ -267,7 +267,7 @@ def test_vars_in_response_phase(shared_runner: RunningRunner) -> None:
 
 
 def test_vars_cached_in_response_phase(shared_runner: RunningRunner) -> None:
-    """PROTOCOL.md §8 item 10: vars are cached per request, in post-resp too."""
+    """docs/protocol.md §6.1: vars are cached per call, in post-resp too."""
     conf = json.dumps({"names": ["remote_addr", "nope"], "repeat": 3})
 
     async def scenario() -> None:

@@ -1,5 +1,5 @@
-"""PROTOCOL.md §9: the runner-side halves of APISIX's own conformance scenarios
-(http-req-call.t, sanity.t), plus the §8 PrepareConf checklist."""
+"""docs/protocol.md §12: the runner-side halves of APISIX's own conformance
+scenarios (http-req-call.t, sanity.t), plus the PrepareConf rules of §4.1."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Real services for the plugin tests: redis-server and an HTTP auth service.
 
-Every fixture here is opt-in (none is autouse) and kills what it started:
+Every fixture here is opt-in (none is autouse) and kills what it started. The
+tests that use ``redis_server`` or ``redis_factory`` are skipped, with the
+reason, when redis-server is not installed (``apt-get install redis-server``;
+CI installs it, see .ci/run):
 
 ``redis_server``   one redis-server for the session (tests use their own key
                    prefixes, so they never see each other's counters)
@@ -33,7 +36,6 @@ import pytest
 if TYPE_CHECKING:
     import redis
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 AUTHSVC = str(Path(__file__).resolve().parent / "authsvc.py")
 START_DEADLINE_S = 10.0
 
@@ -77,8 +79,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        binary = redis_server_binary() or "redis-server"
         argv = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
             "--daemonize", "no", "--loglevel", "warning",
         ]  # fmt: skip
@@ -111,6 +114,23 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
 
+def redis_server_binary() -> str | None:
+    """The redis-server on PATH, or None."""
+    return shutil.which("redis-server")
+
+
+def redis_missing() -> str | None:
+    """Why the redis tests cannot run here, or None when redis-server is installed."""
+    if redis_server_binary() is None:
+        return "redis-server is not installed (apt-get install redis-server)"
+    return None
+
+
+def skip_without_redis() -> None:
+    if (reason := redis_missing()) is not None:
+        pytest.skip(f"the redis-limit tests need a real redis-server: {reason}")
+
+
 def _start_redis(directory: Path) -> RedisServer:
     # The port is free when chosen but could be taken before redis binds it.
     for attempt in range(3):
@@ -124,6 +144,7 @@ def _start_redis(directory: Path) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    skip_without_redis()
     server = _start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
@@ -131,6 +152,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    skip_without_redis()
     started: list[RedisServer] = []
 
     def start() -> RedisServer:

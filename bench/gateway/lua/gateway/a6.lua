@@ -1,4 +1,4 @@
--- The A6 ext-plugin messages (runner/proto/ext-plugin.fbs, PROTOCOL.md §2-3)
+-- The A6 ext-plugin messages (runner/proto/ext-plugin.fbs, docs/protocol.md §2-§3)
 -- on top of gateway.fb: the frame header, encoders for what APISIX sends and
 -- decoders for what the runner answers.
 --

@@ -1,4 +1,4 @@
--- An APISIX-compatible ext-plugin client (PROTOCOL.md §5-6), written from the
+-- An APISIX-compatible ext-plugin client (docs/protocol.md §4-§9), written from the
 -- spec: the same connection handling, token caching, retries and the same way
 -- of applying Stop, Rewrite and HTTPRespCall answers as apisix/plugins/
 -- ext-plugin/init.lua, so the runner can be tested and benchmarked against
@@ -29,13 +29,13 @@ local RPC_EXTRA_INFO = a6.RPC_EXTRA_INFO
 local RPC_HTTP_RESP_CALL = a6.RPC_HTTP_RESP_CALL
 local MAX_DATA_SIZE = a6.MAX_DATA_SIZE
 
--- §6.3: token cache time 3600 s; shdict entries expire at 90 % of it.
+-- docs/protocol.md §4.2: token cache time 3600 s; shdict entries expire at 90 % of it.
 local TOKEN_TTL = 3600
 local LRU_ITEMS = 8                  -- APISIX's PLUGIN_ITEMS_COUNT
 local LOCK_KEY = "lock:prepare_conf" -- the single global PrepareConf lock
 local LOCK_WAIT, LOCK_EXPTIME = 5, 30
 
--- §6.6: resp_headers never touch these (init.lua L72-83).
+-- docs/protocol.md §5.4: resp_headers never touch these (init.lua L72-83).
 local EXCLUDED_RESP_HEADERS = {
     ["connection"] = true, ["content-length"] = true,
     ["transfer-encoding"] = true, ["location"] = true, ["server"] = true,
@@ -94,7 +94,7 @@ local function receive(sock)
     return ty, payload
 end
 
--- §6.2: (worker id << 22) + a per-worker counter wrapping at 2^22.
+-- docs/protocol.md §5.1: (worker id << 22) + a per-worker counter wrapping at 2^22.
 local count = 0
 local function generate_id()
     local id = (ngx.worker.id() or 0) * 4194304 + count
@@ -203,7 +203,7 @@ end
 
 local rpc_call
 
--- Connection B of §6.1: shdict, then the global lock, then PrepareConf.
+-- The second connection (docs/protocol.md §8.3): shdict, then the global lock, then PrepareConf.
 local function prepare_conf(conf, ctx, sock, unique_key)
     local token = dict:get(unique_key)
     if token then
@@ -320,7 +320,7 @@ end
 
 -- ------------------------------------------------------------------ HTTPReqCall
 
--- §6.5: what APISIX puts into HTTPReqCall.Req.
+-- docs/protocol.md §5.1: what APISIX puts into HTTPReqCall.Req.
 local function build_req_call(token)
     local var = ngx_var
     local uri = var.upstream_uri
@@ -382,7 +382,7 @@ local function apply_stop(stop)
     return true, nil, code, body
 end
 
--- §6.6, in APISIX's order: path, headers, body, resp_headers, args, upstream_uri.
+-- docs/protocol.md §5.4, in APISIX's order: path, headers, body, resp_headers, args, upstream_uri.
 local function apply_rewrite(ctx, rw)
     local var = ngx_var
     local path = rw.path
@@ -460,7 +460,7 @@ end
 
 -- ------------------------------------------------------------------ HTTPRespCall
 
--- §6.8: the runner's headers replace all of the upstream's when it sends any;
+-- docs/protocol.md §7.3: the runner's headers replace all of the upstream's when it sends any;
 -- otherwise the upstream's are copied minus the excluded ones.
 local function resp_call(conf, ctx, sock, plugin_name)
     local token, err = get_token(conf, ctx, plugin_name)
@@ -503,7 +503,7 @@ local handlers = {
     [RPC_HTTP_RESP_CALL] = resp_call,
 }
 
--- §6.1: a fresh cosocket per RPC (pooled by path), kept alive on success.
+-- docs/protocol.md §8.1-§8.2: a fresh cosocket per RPC (pooled by path), kept alive on success.
 rpc_call = function(ty, conf, ctx, ...)
     local sock = socket_tcp()
     sock:settimeouts(1000, 60000, 60000)
@@ -524,7 +524,7 @@ rpc_call = function(ty, conf, ctx, ...)
     return res, nil, code, body
 end
 
--- §6.4: up to 3 attempts; only "conf token not found" refreshes and retries.
+-- docs/protocol.md §4.4, §9.2: up to 3 attempts; only "conf token not found" refreshes and retries.
 -- Returns nothing (continue), or status[, body] to answer the client with.
 function _M.communicate(conf, ctx, plugin_name, rpc_type)
     local ok, err, code, body

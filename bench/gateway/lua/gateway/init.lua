@@ -5,7 +5,7 @@
 --   rewrite phase: match the route, native Lua plugins, ext-plugin-pre-req
 --   access phase:  ext-plugin-post-req, then either proxy_pass (nginx.conf) or,
 --                  with ext-plugin-post-resp, request the upstream here and
---                  send the runner's version of its response (§6.8)
+--                  send the runner's version of its response (docs/protocol.md §7)
 
 local cjson = require("cjson.safe")
 local ext = require("gateway.ext")
