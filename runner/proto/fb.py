@@ -191,11 +191,12 @@ class Table:
         end = vec + 4 + u32_at(buf, vec)[0]
         if end > size:
             raise DecodeError(f"vector {fid} of {end - vec - 4} elements overruns the buffer")
+        raw = buf[vec + 4 : end].tobytes()
         try:
             # tobytes().decode() is ~25% faster than str(view, "utf-8"): no codec lookup.
-            return buf[vec + 4 : end].tobytes().decode()
-        except UnicodeDecodeError as exc:
-            raise DecodeError(f"field {fid} is not UTF-8: {exc}") from None
+            return raw.decode()
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "surrogateescape")  # see _text
 
     def table(self, fid: int) -> Table | None:
         pos = self._target(fid)
@@ -286,6 +287,10 @@ def root_bytes0(buf: memoryview) -> bytes | None:
     return buf[vec + 4 : end].tobytes()
 
 
+#: Codec arguments that turn surrogate escapes back into the bytes they stand for.
+ESCAPE = ("utf-8", "surrogateescape")
+
+
 def _text(data: bytes, size: int, field: int) -> str:
     """The string a uoffset field at ``field`` points to."""
     if field + 4 > size:
@@ -298,8 +303,11 @@ def _text(data: bytes, size: int, field: int) -> str:
         raise DecodeError("string overruns the buffer")
     try:
         return data[s + 4 : end].decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"string is not UTF-8: {exc}") from None
+    except UnicodeDecodeError:
+        # HTTP allows any byte in header values (obs-text), and paths and args
+        # carry what the client percent-encoded: such bytes are kept as
+        # surrogate escapes and written back as the same bytes (ESCAPE).
+        return data[s + 4 : end].decode("utf-8", "surrogateescape")
 
 
 # --------------------------------------------------------------------------- writer
@@ -379,14 +387,20 @@ def text_vector_chunks(
     count = len(pairs)
     if count == 1:  # one header or arg changed, the usual case: one pack, no offsets list
         name, value = pairs[0]
-        nb = name.encode()
+        try:
+            nb = name.encode()
+        except UnicodeEncodeError:  # surrogate escapes: the bytes received
+            nb = name.encode(*ESCAPE)
         ln = len(nb)
         npad = PADS[ln & 3]
         entry = pos + 8  # after the count and the one offset (4: from its slot to the entry)
         if value is None:
             chunks += (_ONE_N(1, 4, entry - vt_name, 4, ln), nb, npad)
             return entry + 12 + ln + len(npad)
-        vb = value.encode()
+        try:
+            vb = value.encode()
+        except UnicodeEncodeError:  # surrogate escapes: the bytes received
+            vb = value.encode(*ESCAPE)
         lv = len(vb)
         vpad = PADS[lv & 3]
         pn = ln + len(npad)
@@ -400,7 +414,10 @@ def text_vector_chunks(
     offsets: list[int] = []
     append = offsets.append
     for name, value in pairs:
-        nb = name.encode()
+        try:
+            nb = name.encode()
+        except UnicodeEncodeError:  # surrogate escapes: the bytes received
+            nb = name.encode(*ESCAPE)
         ln = len(nb)
         npad = PADS[ln & 3]
         append(pos - slot)
@@ -409,7 +426,10 @@ def text_vector_chunks(
             chunks += (_ENTRY_N(pos - vt_name, 4, ln), nb, npad)
             pos += 12 + ln + len(npad)
         else:
-            vb = value.encode()
+            try:
+                vb = value.encode()
+            except UnicodeEncodeError:  # surrogate escapes: the bytes received
+                vb = value.encode(*ESCAPE)
             lv = len(vb)
             vpad = PADS[lv & 3]
             pn = ln + len(npad)

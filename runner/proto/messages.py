@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from .fb import (
+    ESCAPE,
     PADS,
     TEXT_VTABLES,
     DecodeError,
@@ -374,7 +375,10 @@ def build_req_call_rewrite(
     pos = vtables + len(TEXT_VTABLES)
     offsets: list[int] = []
     if path is not None:
-        raw = path.encode()
+        try:
+            raw = path.encode()
+        except UnicodeEncodeError:  # bytes of the request's path kept as surrogate escapes
+            raw = path.encode(*ESCAPE)
         pad = PADS[len(raw) & 3]
         offsets.append(pos - slot)
         chunks += (_pack_u32(len(raw)), raw, pad)
@@ -463,7 +467,7 @@ def _build_extra_info(info_type: int, name: str | None) -> bytearray:
         info = begin_table(out, _vt(table_size=4), b"")
     else:
         info = begin_table(out, _vt(4, table_size=8), b"\0" * 4)
-        patch(out, info + 4, write_bytes(out, name.encode(), nul=True))
+        patch(out, info + 4, write_bytes(out, name.encode(*ESCAPE), nul=True))
     patch(out, pos + 4, info)
     return _finish(out, RpcType.EXTRA_INFO, pos)
 

@@ -177,8 +177,19 @@ def test_vector_longer_than_buffer_raises() -> None:
         ReqCallView(memoryview(bytes(good))).headers  # noqa: B018
 
 
-def test_non_utf8_string_raises() -> None:
-    raw = bytearray(testing.build_req_call(1, HTTPRequest(path="/abc")))
+def test_bytes_that_are_not_utf8_pass_through_unchanged() -> None:
+    # HTTP allows obs-text in header values (a Latin-1 cookie) and any byte in
+    # a percent-decoded path: they are decoded losslessly and written back as
+    # the very bytes received, never refused as malformed.
+    raw = bytearray(
+        testing.build_req_call(1, HTTPRequest(path="/abc", headers=[("cookie", "caf-x")]))
+    )
     raw[raw.index(b"/abc") + 1] = 0xFF
-    with pytest.raises(DecodeError, match="UTF-8"):
-        ReqCallView(memoryview(bytes(raw))).path  # noqa: B018
+    raw[raw.index(b"caf-x") + 3] = 0xE9
+    view = ReqCallView(memoryview(bytes(raw)))
+    assert view.path == "/\udcffbc"
+    assert view.headers == [("cookie", "caf\udce9x")]
+    frame = build_req_call_rewrite(1, view.path + "/x", view.headers, [], [], None)
+    rewrite = testing.parse_req_call_resp(bytes(frame[4:]), []).action
+    assert isinstance(rewrite, testing.Rewrite)
+    assert b"/\xffbc/x" in frame and b"caf\xe9x" in frame
