@@ -43,7 +43,18 @@ class Adapter(Protocol):
 
 def bundled_plugins_dir() -> Path:
     # plugins/ installs as runner.bundled_plugins (see pyproject.toml).
-    bundled = importlib.import_module("runner.bundled_plugins")
+    try:
+        bundled = importlib.import_module("runner.bundled_plugins")
+    except ModuleNotFoundError:
+        # A source checkout imported instead of the installed copy (python -m
+        # runner run from inside it): plugins/ sits beside runner/ there.
+        beside = Path(__file__).resolve().parents[2] / "plugins"
+        if (beside / "__init__.py").is_file():
+            return beside
+        raise PluginError(
+            "the bundled plugins are not installed (runner.bundled_plugins): reinstall "
+            "apisix-runner, or set bundled_plugins: false"
+        ) from None
     return Path(bundled.__path__[0])
 
 
