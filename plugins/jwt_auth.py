@@ -6,13 +6,19 @@ Route config (``secret`` and ``algorithm`` required)::
      "algorithm": "HS256",
      "header": "Authorization",        # where the "Bearer <token>" is
      "claims_to_headers": true,        # claims go upstream as X-JWT-<claim>
-     "leeway": 0, "audience": null, "issuer": null}
+     "leeway": 0, "audience": null, "issuer": null,
+     "truncated_headers_status": 431}  # 100+ request headers: some unseen (400..499)
 
 The key is prepared once, at PrepareConf; a bad key, a key too short for its
 algorithm, a private key, or an unknown algorithm (``none`` included) fail
 the route. A request without a usable token gets 401 with a short JSON reason.
-Client-sent ``X-JWT-*`` headers never reach the upstream. Neither the key nor
-the token is ever written to a log or an error message.
+Client-sent ``X-JWT-*`` headers never reach the upstream, whatever their case
+or ``_`` spelling (``X_JWT_Role``: nginx passes underscores, and many upstream
+frameworks read them as dashes). APISIX passes the runner at most 100 request
+headers and drops the rest unseen while nginx still forwards them, so a
+request that arrives with 100 or more is refused (``truncated_headers_status``,
+431 by default) rather than let a claim header past the strip. Neither the key
+nor the token is ever written to a log or an error message.
 
 PyJWT (which imports ``cryptography``, ~20 MiB of resident memory and ~45 ms)
 is imported on the first PrepareConf that uses this plugin, not at start-up:
@@ -56,6 +62,7 @@ class JwtAuthConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     leeway: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     audience: str | list[str] | None = None
     issuer: str | list[str] | None = None
+    truncated_headers_status: Annotated[int, msgspec.Meta(ge=400, le=499)] = 431
 
     def __repr__(self) -> str:  # the secret stays out of any traceback or log
         return f"JwtAuthConfig(algorithm={self.algorithm!r}, header={self.header!r})"
@@ -72,6 +79,7 @@ class JwtRoute:
     leeway: float
     audience: str | list[str] | None
     issuer: str | list[str] | None
+    truncated_headers_status: int
 
 
 def _prepare_key(algorithm: str, secret: str) -> Any:
@@ -105,6 +113,7 @@ def _route(conf: JwtAuthConfig) -> JwtRoute:
         leeway=conf.leeway,
         audience=conf.audience,
         issuer=conf.issuer,
+        truncated_headers_status=conf.truncated_headers_status,
     )
 
 
@@ -130,6 +139,11 @@ _INVALID: Final = {
     r: _body("invalid token", r) for r in (*_REASONS.values(), "invalid token", _MALFORMED)
 }
 _MISSING: Final = _body("missing token")
+_TRUNCATED: Final = _body(
+    "too many headers",
+    "100 or more request headers: the gateway passes the first 100 only, so the "
+    "others could not be checked",
+)
 _CHALLENGE: Final = "Bearer"
 _CHALLENGE_INVALID: Final = 'Bearer error="invalid_token"'
 
@@ -170,8 +184,9 @@ def _bearer_token(value: str) -> str | None:
 
 
 def _strip_spoofed(headers: Headers) -> None:
-    # Only this plugin may set X-JWT-*: the upstream trusts them.
-    for name in [n for n in headers if n.lower().startswith(_CLAIM_PREFIX_LOWER)]:
+    # Only this plugin may set X-JWT-*: the upstream trusts them. X_JWT_Role is
+    # the same header to CGI, PHP, Django and many other upstreams.
+    for name in [n for n in headers if n.lower().replace("_", "-").startswith(_CLAIM_PREFIX_LOWER)]:
         headers.discard(name)
 
 
@@ -196,6 +211,11 @@ class JwtAuth(Plugin):
         return _route(conf)
 
     def filter(self, conf: JwtRoute, request: Request, response: Response) -> None:
+        if request.headers_truncated:  # a spoofed claim header may be among the unseen
+            response.stop(
+                conf.truncated_headers_status, _TRUNCATED, {"Content-Type": "application/json"}
+            )
+            return
         headers = request.headers
         _strip_spoofed(headers)
         value = headers.get(conf.header)

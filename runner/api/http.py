@@ -37,6 +37,13 @@ class RequestSource(Protocol):
     def args(self) -> list[tuple[str, str | None]]: ...
     @property
     def headers(self) -> list[tuple[str, str | None]]: ...
+    @property
+    def header_count(self) -> int: ...
+
+
+#: APISIX's client reads the request headers with ngx.req.get_headers(), which
+#: returns at most this many and drops the rest silently (docs/protocol.md §5.2).
+HEADER_CAP = 100
 
 
 def _ip_text(packed: bytes) -> str:
@@ -121,6 +128,15 @@ class Request:
             src = self._src
             self._headers = Headers(source=lambda: src.headers)
         return self._headers
+
+    @property
+    def headers_truncated(self) -> bool:
+        """Whether APISIX may have dropped some of the client's headers: it
+        passes at most 100 and says nothing about the rest, while nginx still
+        forwards them all upstream. A plugin that must see every header
+        (stripping client-sent identity headers, a deny list) refuses such a
+        request instead of trusting it."""
+        return self._src.header_count >= HEADER_CAP
 
     @property
     def args(self) -> Args:

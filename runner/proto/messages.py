@@ -142,6 +142,11 @@ class ReqCallView:
     def headers(self) -> TextPairs:
         return self._t.text_pairs(5)
 
+    @property
+    def header_count(self) -> int:
+        """How many header entries APISIX sent, without decoding them."""
+        return self._t.table_count(5)
+
     def validate(self) -> None:
         """Decode every field once, so that a malformed request fails before
         any plugin sees it."""

@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 from bench.gateway import rig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+JWT_SECRET = "e2e-jwt-secret-0123456789abcdef0123"
 PLUGINS_DIR = str(HERE / "e2e_plugins")
 MISSING = rig.missing_requirements()
 NEEDS_WRK = ("test_reload.py",)  # whole modules; test_wrk_scripts.py marks its one test
@@ -164,6 +165,7 @@ ROUTES: dict[str, Any] = {
         {"uri": "/multi", "plugins": pre(("e2e-multi", ""))},
         {"uri": "/multi-stop", "plugins": pre(("e2e-multi", "stop"))},
         {"uri": "/bad-plugin", "plugins": pre(("no-such-plugin", {}))},
+        {"uri": "/jwt", "plugins": pre(("jwt-auth", {"secret": JWT_SECRET, "algorithm": "HS256"}))},
         {
             "uri": "/bad-plugin-degraded",
             "plugins": pre(("no-such-plugin", {}), allow_degradation=True),

@@ -347,7 +347,9 @@ local function build_req_call(token)
     end
     local headers, upstream_host = {}, var.upstream_host
     n = 0
-    for k, v in pairs(req.get_headers(0)) do
+    -- APISIX reads them with core.request.headers(): ngx.req.get_headers() with
+    -- its default cap of 100, dropping the rest unseen (docs/protocol.md §5.2).
+    for k, v in pairs(req.get_headers()) do
         if type(v) == "table" then
             for _, item in ipairs(v) do
                 n = n + 1
