@@ -3,7 +3,9 @@
 No I/O here: the connection hands in decoded views and an ``ask`` function for
 ExtraInfo, and gets back the bytes of the final frame. Exceptions map to
 protocol errors: a plugin that raises becomes SERVICE_UNAVAILABLE (logged with
-its traceback and name), a malformed request BAD_REQUEST.
+its traceback and name), a malformed request BAD_REQUEST. Those lines go
+through a rate limiter (``logs.LogLimiter``): a plugin failing on every request
+logs its traceback once, then a count every ``logs.SUMMARY_EVERY`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
+from runner.api.calltask import CallTask
 from runner.api.chain import Chain, Step
 from runner.api.http import Ask, Request, Response, UpstreamResponse
 from runner.ops import logs
@@ -32,6 +35,7 @@ from runner.proto import (
 )
 
 log = logging.getLogger("runner.dispatch")
+limited = logs.LogLimiter(log)  # per-request failure lines, one kind per plugin and error
 
 Frame = bytes | bytearray
 
@@ -60,6 +64,14 @@ class PluginFailed(Exception):
         super().__init__(name)
         self.plugin = name
         self.outcome = outcome
+
+
+class ReplyTooLarge(FrameTooLarge):
+    """An async call's reply that no frame can carry, with the route it was for."""
+
+    def __init__(self, route: str, exc: FrameTooLarge) -> None:
+        super().__init__(str(exc))
+        self.route = route
 
 
 class PluginTimeout(Exception):
@@ -102,10 +114,14 @@ def _failed(step: Step, exc: BaseException, outcome: str, seconds: float) -> Non
         step.stats.count("skipped" if step.fail_open else outcome, seconds)
     if not step.fail_open:
         raise PluginFailed(step.name, outcome) from exc
-    log.warning(
-        "plugin %r %s; skipped (fail_open)", step.name,
-        "missed its deadline" if outcome == "timeout" else f"raised {exc!r}",
-    )  # fmt: skip
+    if outcome == "timeout":
+        what = f"plugin {step.name!r} missed its deadline; skipped (fail_open)"
+        limited.warning(what, "%s", what)
+    else:
+        limited.warning(
+            f"plugin {step.name!r} raised {type(exc).__name__}; skipped (fail_open)",
+            "plugin %r raised %r; skipped (fail_open)", step.name, exc,
+        )  # fmt: skip
 
 
 def _count_req(
@@ -226,7 +242,10 @@ async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
                 _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error", 0.0)
         if response.stopped:
             break
-    return req_reply(request, response)
+    try:
+        return req_reply(request, response)
+    except FrameTooLarge as exc:  # the log line's kind is the route (see failure_frame)
+        raise ReplyTooLarge(chain.key, exc) from None
 
 
 async def run_resp(chain: Chain, view: RespCallView, ask: Ask) -> Frame:
@@ -235,22 +254,43 @@ async def run_resp(chain: Chain, view: RespCallView, ask: Ask) -> Frame:
         seconds = await _run_guarded(step, response.id, response)
         if step.stats is not None and seconds is not None:
             step.stats.count("pass", seconds)
-    return resp_reply(response)
+    try:
+        return resp_reply(response)
+    except FrameTooLarge as exc:
+        raise ReplyTooLarge(chain.key, exc) from None
 
 
-def failure_frame(exc: BaseException, what: str) -> Frame:
-    """The type-0 frame for an exception escaping a call, logged once."""
+def failure_frame(exc: BaseException, what: str, route: str = "") -> Frame:
+    """The type-0 frame for an exception escaping a call, logged once: the
+    first of a kind in full, its repeats summed up (see ``limited``).
+    ``route``: the route key of the call's chain, where the caller has it."""
     if isinstance(exc, DecodeError):
-        log.warning("%s: malformed request: %s", what, exc)
+        limited.warning("malformed request", "%s: malformed request: %s", what, exc)
         return ERR_BAD_REQUEST
     if isinstance(exc, PluginFailed):
+        name = exc.plugin
         if exc.outcome == "timeout":
-            log.error("%s: plugin %r missed its deadline", what, exc.plugin)
+            limited.error(f"plugin {name!r} missed its deadline",
+                          "%s: plugin %r missed its deadline", what, name)  # fmt: skip
         else:
-            log.error("%s: plugin %r raised", what, exc.plugin, exc_info=exc.__cause__)
+            cause = exc.__cause__
+            limited.error(f"plugin {name!r} raised {type(cause).__name__}",
+                          "%s: plugin %r raised", what, name, exc_info=cause)  # fmt: skip
         return ERR_UNAVAILABLE
     if isinstance(exc, FrameTooLarge):
-        log.error("%s: reply too large for the protocol: %s", what, exc)
+        if isinstance(exc, ReplyTooLarge):
+            route = exc.route
+        limited.error(f"reply too large for the protocol (route key {route})",
+                      "%s: reply too large for the protocol: %s", what, exc)  # fmt: skip
         return ERR_UNAVAILABLE
-    log.error("%s: internal error", what, exc_info=exc)
+    limited.error(f"internal error ({type(exc).__name__})", "%s: internal error", what,
+                  exc_info=exc)  # fmt: skip
     return ERR_UNAVAILABLE
+
+
+def running_plugin(call: CallTask) -> str | None:
+    """The plugin an async call is in now: the step awaiting when, say, the
+    call's deadline hits. Each step names itself in ``logs.task_context``, in
+    the call's own context, so asking costs the success path nothing."""
+    running = call._context.get(logs.task_context)
+    return running[1] if running is not None else None

@@ -330,5 +330,14 @@ class UpstreamResponse:
         )
 
     def all_headers(self) -> list[tuple[str, str | None]]:
+        """The headers to send on, without those the upstream named in its
+        ``Connection`` header: they were for its hop only (RFC 9110 §7.6.1)."""
         h = self._headers
-        return list(h.multi_items()) if h is not None else list(self._pairs)
+        pairs = list(h.multi_items()) if h is not None else list(self._pairs)
+        hop = {
+            token.strip().lower()
+            for name, value in pairs
+            if value and name.lower() == "connection"
+            for token in value.split(",")
+        }
+        return [(n, v) for n, v in pairs if n.lower() not in hop] if hop else pairs

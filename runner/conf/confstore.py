@@ -26,10 +26,12 @@ from typing import Protocol
 
 from runner.api.chain import Chain, build_chain
 from runner.api.plugin import ConfError, Plugin
+from runner.ops.logs import LogLimiter
 from runner.ops.metrics import WorkerMetrics
 from runner.settings import PluginOptions
 
 log = logging.getLogger("runner.confstore")
+limited = LogLimiter(log)  # a stored conf that fails parses again on every call
 
 RawConf = tuple[tuple[str, str], ...]
 
@@ -102,7 +104,9 @@ class ConfStore:
         try:
             chain = self._build(key, conf)
         except ConfError:
-            log.exception("token %d (route key %s) no longer parses", token, key)
+            limited.error(f"the stored conf of route key {key} no longer parses",
+                          "token %d (route key %s) no longer parses", token, key,
+                          exc_info=True)  # fmt: skip
             return None
         self._backend.touch(token)
         self._remember(token, chain)

@@ -56,6 +56,7 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
+from runner.api.plugin import ConfError
 from runner.conf.confstore import RawConf
 
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another process's transaction
@@ -194,8 +195,13 @@ class SqliteBackend:
 
     def issue(self, key: str, conf: RawConf) -> int:
         """The live token of (key, conf), renewed, or a new one."""
-        blob = _encode(conf)
-        digest = _digest(key, blob)
+        try:
+            blob = _encode(conf)
+            digest = _digest(key, blob)
+        except UnicodeEncodeError:
+            # APISIX's route keys and configs come from its JSON store: always
+            # UTF-8. Bytes that are not can only be a forged frame.
+            raise ConfError("the route key or a config holds bytes that are not UTF-8") from None
         now = self._clock()
         with self._write() as db:
             self.expired += db.execute(

@@ -29,6 +29,7 @@ from runner.api import dispatch
 from runner.api.calltask import CallTask
 from runner.api.plugin import ConfError
 from runner.conf.confstore import ConfStore
+from runner.ops.logs import LogLimiter
 from runner.ops.metrics import BUCKETS, RPC_NAMES
 from runner.proto import (
     DecodeError,
@@ -43,6 +44,9 @@ from runner.proto import (
 )
 
 log = logging.getLogger("runner.conn")
+# Lines that may come once per call (malformed frames, rejected configs APISIX
+# retries, deadlines): the first of a kind in full, then a count.
+limited = LogLimiter(log)
 
 # RPC names in metrics.
 PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
@@ -116,7 +120,8 @@ class Connection(asyncio.BufferedProtocol):
         self._call: CallTask | None = None  # the async call in flight
         self._call_info: tuple[int, str, float] = (0, "", 0.0)  # its id, RPC name, start
         self._deadline = 0.0  # loop.time() by which the call must end
-        self._expired = False  # the call's deadline cancelled it
+        # The call's deadline cancelled it: the plugin it was in ("" unknown).
+        self._expired: str | None = None
         # Answers still due to questions of calls that ended without them
         # (a plugin's own timeout, the call deadline): APISIX answers every
         # question it read, so they arrive after the call; they are dropped.
@@ -164,7 +169,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         if self._decoder.pending():
-            log.warning("connection closed in the middle of a frame")
+            what = "connection closed in the middle of a frame"
+            limited.warning(what, "%s", what)
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,7 +214,7 @@ class Connection(asyncio.BufferedProtocol):
             stats.sum += seconds
 
     def _malformed(self, what: str, exc: Exception) -> None:
-        log.warning("%s: malformed request: %s", what, exc)
+        limited.warning(f"{what}: malformed request", "%s: malformed request: %s", what, exc)
         if self._metrics is not None:
             self._metrics.malformed += 1
 
@@ -228,8 +234,10 @@ class Connection(asyncio.BufferedProtocol):
             self._malformed("PrepareConf", exc)
             frame: bytes | bytearray = dispatch.ERR_BAD_REQUEST
         except ConfError as exc:
-            # APISIX answers 503 for this route; the log names key, plugin and field.
-            log.error("PrepareConf for route key %s rejected: %s", key, exc)
+            # APISIX answers 503 for this route and retries on its next
+            # request; the log names key, plugin and field, once per interval.
+            what = f"PrepareConf for route key {key} rejected: {exc}"
+            limited.error(what, "%s", what)
             frame = dispatch.ERR_BAD_REQUEST
         else:
             frame = build_prepare_conf_resp(token)
@@ -256,7 +264,7 @@ class Connection(asyncio.BufferedProtocol):
             try:
                 frame = dispatch.run_req_sync(chain, view, self._ask)
             except Exception as exc:
-                frame = dispatch.failure_frame(exc, f"request {view.id}")
+                frame = dispatch.failure_frame(exc, f"request {view.id}", chain.key)
             state.inline = False
             if self._metrics is None and self._transport is not None:
                 self._transport.write(frame)  # _reply without metrics: a call less
@@ -287,7 +295,7 @@ class Connection(asyncio.BufferedProtocol):
         state.busy += 1
         state.async_calls += 1
         self._call_info = (req_id, rpc, t0)
-        self._expired = False
+        self._expired = None
         loop = asyncio.get_running_loop()
         call = self._call = CallTask(work, loop, self._finish)
         self._deadline = loop.time() + state.call_timeout
@@ -298,8 +306,8 @@ class Connection(asyncio.BufferedProtocol):
     def expire_if_late(self, now: float) -> None:
         """Cancel the call in flight if its deadline passed (ServerState's sweep)."""
         call = self._call
-        if call is not None and now >= self._deadline and not self._expired:
-            self._expired = True
+        if call is not None and now >= self._deadline and self._expired is None:
+            self._expired = dispatch.running_plugin(call) or ""
             call.cancel()
 
     def _finish(self, frame: bytes | bytearray | None, exc: BaseException | None) -> None:
@@ -312,14 +320,19 @@ class Connection(asyncio.BufferedProtocol):
         elif isinstance(exc, asyncio.CancelledError):
             if self._transport is None:
                 return  # the connection is gone: nobody to answer
-            if expired:
-                log.error(
-                    "request %d: plugins did not finish within %.1f s; answering "
-                    "SERVICE_UNAVAILABLE", req_id, self._state.call_timeout,
+            if expired is not None:
+                plugin = repr(expired) if expired else "(unknown)"
+                limited.error(
+                    f"plugin {plugin} did not finish within call_timeout",
+                    "request %d: plugins did not finish within %.1f s: plugin %s was still "
+                    "running; answering SERVICE_UNAVAILABLE",
+                    req_id, self._state.call_timeout, plugin,
                 )  # fmt: skip
             else:  # a plugin cancelled its own call: APISIX still needs an answer
-                log.error("request %d: the call was cancelled; answering SERVICE_UNAVAILABLE",
-                          req_id)  # fmt: skip
+                limited.error(
+                    "the call was cancelled",
+                    "request %d: the call was cancelled; answering SERVICE_UNAVAILABLE", req_id,
+                )  # fmt: skip
             frame = dispatch.ERR_UNAVAILABLE
         elif isinstance(exc, Exception):
             frame = dispatch.failure_frame(exc, f"request {req_id}")
@@ -348,9 +361,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def _answer(self, rpc_type: int, payload: memoryview) -> None:
         if rpc_type != _EXTRA_INFO or not self._questions:
-            log.warning(
-                "frame type %d arrived while a call was in flight; closing the connection", rpc_type
-            )
+            limited.warning(
+                f"frame type {rpc_type} arrived while a call was in flight",
+                "frame type %d arrived while a call was in flight; closing the connection",
+                rpc_type,
+            )  # fmt: skip
             self.close()
             return
         fut = self._questions.popleft()

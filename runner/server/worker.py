@@ -21,6 +21,7 @@ import uvloop
 from runner.api.plugin import Plugin, run_hooks
 from runner.conf.confstore import Backend, ConfStore
 from runner.conf.sharedstore import SqliteBackend
+from runner.ops import logs
 from runner.ops.metrics import FLUSH_EVERY, WorkerMetrics
 from runner.server.balance import Balancer
 from runner.server.conn import ServerState, make_factory
@@ -133,6 +134,7 @@ class Worker:
         finally:
             housekeeping.cancel()
             await self._shutdown(balancer)
+            logs.flush(final=True)
             self._watchdog.stop()
             self._flush_metrics()
 
@@ -144,6 +146,7 @@ class Worker:
         asked = False
         while True:
             await asyncio.sleep(HOUSEKEEPING_EVERY)
+            logs.flush()  # summaries of repeated log lines, even when no repeat follows
             if self.balancer is not None and self._retiring is None:
                 self.balancer.rebalance()
                 self.balancer.recheck()  # a worker that died no longer counts

@@ -602,7 +602,10 @@ def test_sighup_reloads_a_changed_plugin(runner_factory: RunnerFactory, tmp_path
     # answered with its own version of the plugin.
     assert pool.errors == [], pool.errors[:5]
     assert pool.closed == [], pool.closed[:5]
-    assert pool.moves and all(a in old and b in new for a, b in pool.moves), (pool.moves, old)
+    # Connections leave old workers only (an old one not yet retired may take
+    # some for a moment), and all end on new ones.
+    assert all(a in old for a, _ in pool.moves), (pool.moves, old)
+    assert any(b in new for _, b in pool.moves), (pool.moves, new)
     assert set(pool.pids) <= new, (pool.pids, new)
     for (pid, version), n in pool.seen.items():
         assert version == ("v1" if pid in old else "v2"), (pid, version, n)
