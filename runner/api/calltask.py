@@ -25,7 +25,7 @@ import asyncio
 import contextvars
 from asyncio import tasks
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 # asyncio's own bookkeeping of the current task (C functions); typed for any
 # task-like object, which is what they accept.
@@ -38,16 +38,30 @@ _current_tasks: dict[asyncio.AbstractEventLoop, Any] = getattr(tasks, "_current_
 OnDone = Callable[[Any, BaseException | None], None]
 
 
+class StepGuard(Protocol):
+    """What the watchdog reads: steps started so far, and whether one runs now."""
+
+    inline_calls: int
+    inline: bool
+
+
 class CallTask:
     __slots__ = (
         "__weakref__", "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks",
-        "_error", "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter",
+        "_error", "_guard", "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter",
     )  # fmt: skip
 
     def __init__(
-        self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, on_done: OnDone
+        self,
+        coro: Coroutine[Any, Any, Any],
+        loop: asyncio.AbstractEventLoop,
+        on_done: OnDone,
+        guard: StepGuard | None = None,
     ) -> None:
         self._coro = coro
+        # Marked busy while a step runs plugin code, so the worker's watchdog
+        # can interrupt a step that holds the event loop (runner.server.watchdog).
+        self._guard = guard
         self._loop = loop
         self._on_done = on_done
         self._context = contextvars.copy_context()
@@ -194,6 +208,10 @@ class CallTask:
         self._waiter = None
         loop = self._loop
         _enter_task(loop, self)
+        guard = self._guard
+        if guard is not None:
+            guard.inline_calls += 1
+            outer, guard.inline = guard.inline, True
         try:
             try:
                 if exc is None:
@@ -201,6 +219,8 @@ class CallTask:
                 else:
                     result = self._context.run(self._coro.throw, exc)
             finally:
+                if guard is not None:
+                    guard.inline = outer
                 _leave_task(loop, self)
         except StopIteration as stop:
             self._finish(stop.value, None)

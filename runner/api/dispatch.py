@@ -75,8 +75,9 @@ class ReplyTooLarge(FrameTooLarge):
 
 
 class PluginTimeout(Exception):
-    """Raised inside a plain ``def`` plugin that blocked the event loop past
-    the call deadline (see runner.server.watchdog)."""
+    """Raised inside a plugin (a ``def``, or an ``async def`` between two
+    awaits) that held the event loop past ``inline_timeout`` (see
+    runner.server.watchdog)."""
 
 
 def req_reply(request: Request, response: Response) -> Frame:
@@ -180,7 +181,7 @@ async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
     except DecodeError:
         raise
     except Exception as exc:
-        _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error",
+        _failed(step, exc, "timeout" if isinstance(exc, TimeoutError | PluginTimeout) else "error",
                 perf_counter() - t0)  # fmt: skip
         return None
     return perf_counter() - t0
@@ -239,7 +240,12 @@ async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
             except DecodeError:
                 raise
             except Exception as exc:
-                _failed(step, exc, "timeout" if isinstance(exc, TimeoutError) else "error", 0.0)
+                _failed(
+                    step,
+                    exc,
+                    "timeout" if isinstance(exc, TimeoutError | PluginTimeout) else "error",
+                    0.0,
+                )
         if response.stopped:
             break
     try:
@@ -270,8 +276,12 @@ def failure_frame(exc: BaseException, what: str, route: str = "") -> Frame:
     if isinstance(exc, PluginFailed):
         name = exc.plugin
         if exc.outcome == "timeout":
+            # The watchdog's reason (it held the event loop), or its own deadline.
+            why = (
+                exc.__cause__ if isinstance(exc.__cause__, PluginTimeout) else "missed its deadline"
+            )
             limited.error(f"plugin {name!r} missed its deadline",
-                          "%s: plugin %r missed its deadline", what, name)  # fmt: skip
+                          "%s: plugin %r %s", what, name, why)  # fmt: skip
         else:
             cause = exc.__cause__
             limited.error(f"plugin {name!r} raised {type(cause).__name__}",

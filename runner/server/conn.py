@@ -297,7 +297,7 @@ class Connection(asyncio.BufferedProtocol):
         self._call_info = (req_id, rpc, t0)
         self._expired = None
         loop = asyncio.get_running_loop()
-        call = self._call = CallTask(work, loop, self._finish)
+        call = self._call = CallTask(work, loop, self._finish, state)
         self._deadline = loop.time() + state.call_timeout
         if not state.sweeping:
             state.arm_sweep(loop)

@@ -1,13 +1,16 @@
-"""Interrupts a plain ``def`` plugin that holds the event loop too long.
+"""Interrupts a plugin that holds the event loop too long.
 
-Sync plugins run inline on the event loop (the fastest path). One that blocks
-(``time.sleep``, a blocking socket, an endless loop) would freeze every
-connection of its worker until APISIX gives up after 60 s. A daemon thread
-watches the connection state's inline-call counter: when the same inline call
-is still running after ``limit`` seconds, it sends the worker's main thread
-SIGUSR1, whose handler raises :class:`~runner.api.dispatch.PluginTimeout` inside
-the plugin. The call then fails (or, for a fail-open plugin, skips it) and
-the loop runs again. Per call this costs two attribute writes, no clock read.
+Sync plugins run inline on the event loop (the fastest path), and an async
+plugin's code between two awaits does too. One that blocks (``time.sleep``, a
+blocking socket, an endless loop, a quadratic computation on a client's input)
+would freeze every connection of its worker until APISIX gives up after 60 s.
+A daemon thread watches the connection state's inline-step counter (inline
+calls, and each step of an async call: see CallTask's guard): when the same
+step is still running after ``limit`` seconds, it sends the worker's main
+thread SIGUSR1, whose handler raises :class:`~runner.api.dispatch.PluginTimeout`
+inside the plugin. The call then fails (or, for a fail-open plugin, skips it)
+and the loop runs again. Per step this costs a few attribute writes, no clock
+read.
 
 Blocking in C code that holds the GIL cannot be interrupted this way; mark
 such plugins ``blocking`` so they run in a thread (runner.api.policy).
