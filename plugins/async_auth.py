@@ -97,6 +97,13 @@ class AsyncAuthConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             parts.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError as exc:
             raise ValueError(f"auth_url: {exc}") from None
+        if "@" in parts.netloc and self.token_header.lower() == "authorization":
+            # aiohttp would turn them into an Authorization header, the one
+            # that already carries the client's token, and fail every request.
+            raise ValueError(
+                "auth_url: user:password in the URL cannot be sent along with the token in "
+                "Authorization; remove them, or set token_header to another header"
+            )
         if not 0 < self.timeout <= 60:
             raise ValueError(f"timeout: must be > 0 and <= 60 seconds, got {self.timeout}")
         if not 0 <= self.cache_ttl <= 86400:

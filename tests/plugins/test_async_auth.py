@@ -85,6 +85,8 @@ def upstream(request: HTTPRequest, result: ReqCallResult) -> dict[str, str]:
         ({"token_header": "a:b"}, "token_header"),
         ({"forward_headers": "X-Tenant"}, "forward_headers"),
         ({"cache": 1}, "cache"),
+        # Would become a second Authorization header: every request would fail.
+        ({"auth_url": "http://user:pw@127.0.0.1:1/auth"}, "user:password in the URL"),
     ],
 )
 def test_bad_config_names_the_field(change: dict[str, Any], field: str) -> None:
