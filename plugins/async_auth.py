@@ -9,11 +9,16 @@ Route config (``auth_url`` required)::
      "cache_ttl": 0,                     # seconds a definite allow/deny is cached
      "error_status": 503,                # auth service failed (5xx, refused, timeout)
      "token_header": "Authorization",    # where the token is, sent as the same header
-     "hide_credentials": false}          # true: the token header is not sent upstream
+     "hide_credentials": false,          # true: the token header is not sent upstream
+     "protocol": "forward"}              # or "json": POST {"token": ...}
 
 The plugin sends ``GET auth_url`` with the token header and the forwarded
-headers. A 2xx answer lets the request through, 401/403 answers the client
-403, anything else (3xx, other 4xx, 5xx, a refused connection, a timeout) is
+headers (``"protocol": "forward"``, the forward-auth convention), or, with
+``"protocol": "json"``, ``POST auth_url`` with the JSON body
+``{"token": "<the token header's value>"}`` and the forwarded headers: the
+protocol of the auth service in the Chinese APISIX Python plugin guide.
+A 2xx answer lets the request through, 401/403 answers the client 403,
+anything else (3xx, other 4xx, 5xx, a refused connection, a timeout) is
 the service failing and answers ``error_status``. A request without a token
 gets 401 and the service is not asked. See docs/plugins/async-auth.md.
 
@@ -32,7 +37,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -86,6 +91,7 @@ class AsyncAuthConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     error_status: int = 503
     token_header: str = "Authorization"
     hide_credentials: bool = False
+    protocol: Literal["forward", "json"] = "forward"
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.auth_url)
@@ -289,7 +295,7 @@ def _forwarded(conf: AsyncAuthConfig, request: Request, token: str) -> list[tupl
 def _cache_key(conf: AsyncAuthConfig, forwarded: list[tuple[str, str]]) -> bytes:
     """A digest of everything the answer depends on: the token is never kept
     in memory as such, and routes asking differently never share an entry."""
-    h = hashlib.sha256(conf.auth_url.encode())
+    h = hashlib.sha256(conf.protocol.encode() + b"\0" + conf.auth_url.encode())
     for name in conf.upstream_headers:
         h.update(b"\0u" + name.lower().encode())
     for name, value in forwarded:
@@ -319,7 +325,13 @@ async def _exchange(
     session: aiohttp.ClientSession, conf: AsyncAuthConfig, forwarded: list[tuple[str, str]]
 ) -> tuple[int, tuple[tuple[str, str | None], ...]]:
     # A redirect is an answer of its own here (a login page is not "allowed").
-    async with session.get(conf.auth_url, headers=forwarded, allow_redirects=False) as resp:
+    if conf.protocol == "json":  # the token in a JSON body, the other headers as usual
+        (_, token), headers = forwarded[0], forwarded[1:]
+        asked = session.post(conf.auth_url, json={"token": token}, headers=headers,
+                             allow_redirects=False)  # fmt: skip
+    else:
+        asked = session.get(conf.auth_url, headers=forwarded, allow_redirects=False)
+    async with asked as resp:
         length = resp.content_length
         if length is not None and length <= DRAIN_LIMIT:
             await resp.read()

@@ -99,7 +99,13 @@ def _prepare_key(algorithm: str, secret: str) -> Any:
         raise ConfError(f"secret: {algorithm} needs the PEM public key, not a private key")
     weakness = alg.check_key_length(key)  # PyJWT's text names lengths only
     if weakness:
-        raise ConfError(f"secret: {weakness}")
+        why = (
+            "; a shorter HMAC secret can be guessed faster than the hash can be broken, "
+            "so tokens signed with it could be forged (generate one: openssl rand -base64 48)"
+            if algorithm.startswith("HS")
+            else ""
+        )
+        raise ConfError(f"secret: {weakness}{why}")
     return key
 
 

@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from runner.api.plugin import PluginError
 from runner.compat.guide import GuidePlugin
 from runner.testing import Client, HTTPRequest, PluginTester, Rewrite, Stop
 from runner.testing.pytest_plugin import RunnerFactory, accepts, runner_env
+from tests.plugins.guideauth import guide_auth_service
 
 GUIDE_PLUGINS = str(Path(__file__).resolve().parent / "guide_plugins")
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,28 +122,10 @@ def test_an_api_we_do_not_provide_points_to_the_migration_page(tmp_path: Path) -
 # --------------------------------------------------------------------------- the real runner
 
 
-class _Auth(BaseHTTPRequestHandler):
-    """The guide's auth protocol: POST {"token": ...}; 200 for "Bearer good"."""
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        token = json.loads(self.rfile.read(length) or b"{}").get("token")
-        self.send_response(200 if token == "Bearer good" else 403)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def auth_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Auth)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/verify"
-    server.shutdown()
-    server.server_close()
+    with guide_auth_service() as url:
+        yield url
 
 
 def test_guide_plugins_through_the_runner(runner_factory: RunnerFactory, auth_url: str) -> None:

@@ -25,6 +25,8 @@ from runner.testing import (
     apply_rewrite,
 )
 from runner.testing.pytest_plugin import RunnerFactory
+from tests.plugins import guideauth
+from tests.plugins.guideauth import guide_auth_service
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is used here
     from conftest import AuthService
@@ -316,3 +318,16 @@ def test_through_the_runner_with_two_workers(
             assert upstream(request, result)["x-user-id"] == user
     assert all(stop_status(r) is None for r in cached)
     assert 1 <= auth_service.calls(cached_tok) <= 2
+
+
+def test_the_guides_json_protocol() -> None:
+    # The auth service of the guide's sample: POST {"token": ...}.
+    with guide_auth_service() as url, PluginTester(AsyncAuth) as t:
+        conf = auth(url, protocol="json")
+        assert stop_status(t.call(conf, req("Bearer good"))) is None
+        assert stop_status(t.call(conf, req("Bearer bad"))) == 403
+        assert guideauth.seen[-2:] == [
+            ("POST", {"token": "Bearer good"}), ("POST", {"token": "Bearer bad"}),
+        ]  # fmt: skip
+        # The forward-auth default asks with GET, which that service refuses: 503.
+        assert stop_status(t.call(auth(url), req("Bearer good"))) == 503
