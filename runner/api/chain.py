@@ -6,6 +6,8 @@ by :mod:`runner.api.dispatch`.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -13,6 +15,8 @@ from runner.api.plugin import ConfError, Plugin, has_filter, has_response_filter
 from runner.api.policy import in_thread
 from runner.ops.metrics import PluginStats, WorkerMetrics
 from runner.settings import PluginOptions
+
+log = logging.getLogger("runner.confstore")
 
 
 class Step(NamedTuple):
@@ -35,6 +39,19 @@ class Chain(NamedTuple):
     resp: tuple[Step, ...]
     req_async: bool
     resp_async: bool
+    # The plugins' release_conf hooks, bound to this route's configs: run when
+    # the worker drops the chain (see release).
+    releases: tuple[Callable[[], object], ...] = ()
+
+
+def release(chain: Chain) -> None:
+    """Let plugins free what a route's config holds (connections, sessions)
+    once the worker drops the chain: evicted, expired or replaced."""
+    for hook in chain.releases:
+        try:
+            hook()
+        except Exception:
+            log.exception("route key %s: releasing a plugin's config failed", chain.key)
 
 
 def _step(
@@ -63,22 +80,35 @@ def build_chain(
     options = options or {}
     req: list[Step] = []
     resp: list[Step] = []
+    releases: list[Callable[[], object]] = []
     for index, (name, raw) in enumerate(conf):
-        plugin = plugins.get(name)
-        if plugin is None:
-            known = ", ".join(sorted(plugins)) or "none"
-            raise ConfError(f"conf[{index}]: unknown plugin {name!r} (loaded: {known})")
         try:
-            parsed = plugin.parse_conf(raw)
-        except ConfError as exc:
-            raise ConfError(f"conf[{index}] plugin {name!r}: {exc}") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfError(f"conf[{index}] plugin {name!r}: {exc!r}") from None
+            plugin, parsed = _parse(plugins, index, name, raw)
+        except ConfError:
+            release(Chain(key, (), (), False, False, tuple(releases)))  # what was parsed so far
+            raise
+        hook = getattr(plugin, "release_conf", None)
+        if hook is not None:
+            releases.append(functools.partial(hook, parsed))
         opts = options.get(name) or PluginOptions.of(plugin)
         if has_filter(plugin):
             req.append(_step(plugin.filter, parsed, name, opts, metrics))
         if has_response_filter(plugin):
             resp.append(_step(plugin.response_filter, parsed, name, opts, metrics))
     return Chain(
-        key, tuple(req), tuple(resp), any(s.is_async for s in req), any(s.is_async for s in resp)
-    )
+        key, tuple(req), tuple(resp),
+        any(s.is_async for s in req), any(s.is_async for s in resp), tuple(releases),
+    )  # fmt: skip
+
+
+def _parse(plugins: Mapping[str, Plugin], index: int, name: str, raw: str) -> tuple[Plugin, Any]:
+    plugin = plugins.get(name)
+    if plugin is None:
+        known = ", ".join(sorted(plugins)) or "none"
+        raise ConfError(f"conf[{index}]: unknown plugin {name!r} (loaded: {known})")
+    try:
+        return plugin, plugin.parse_conf(raw)
+    except ConfError as exc:
+        raise ConfError(f"conf[{index}] plugin {name!r}: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfError(f"conf[{index}] plugin {name!r}: {exc!r}") from None

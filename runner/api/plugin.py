@@ -52,6 +52,10 @@ class Plugin:
 
     ``startup()`` / ``shutdown()`` (sync or async): once per worker, after the
     fork, to open and close connection pools.
+
+    ``release_conf(conf)`` (optional): called with a route's decoded config
+    when the worker drops it (evicted from its cache, expired, or replaced by
+    an equal one), for a config that holds resources of its own.
     """
 
     name: ClassVar[str] = ""

@@ -60,6 +60,7 @@ from runner.api.plugin import Plugin as NativePlugin
 from runner.compat.adapter import apply_mapping, as_bytes, body_text, first_values
 
 FORBIDDEN = 403  # `return False` with nothing set on the response
+_closing: set[asyncio.Task[None]] = set()
 
 
 # --------------------------------------------------------------------------- the plugin base
@@ -254,6 +255,18 @@ class GuidePlugin(NativePlugin):
         except Exception as exc:
             raise ConfError(f"{type(exc).__name__}: {exc}") from exc
         return instance
+
+    def release_conf(self, conf: Any) -> None:
+        """The route's instance is dropped (evicted, expired, replaced): close
+        the sessions it opened, as aiohttp asks, instead of leaving them to the
+        garbage collector and its "Unclosed client session" errors."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(_close_sessions(conf))
+        _closing.add(task)  # a task nobody references may be collected unfinished
+        task.add_done_callback(_closing.discard)
 
 
 class _Sync(GuidePlugin):

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from runner.api.chain import Chain, build_chain
+from runner.api.chain import Chain, build_chain, release
 from runner.api.plugin import ConfError, Plugin
 from runner.ops.logs import LogLimiter
 from runner.ops.metrics import WorkerMetrics
@@ -72,8 +72,18 @@ class ConfStore:
     def prepare(self, key: str, conf: Sequence[tuple[str, str]]) -> int:
         """Parse a route's configs (raising ConfError) and return its token."""
         chain = self._build(key, conf)
-        token = self._backend.issue(key, tuple(conf))
-        self._remember(token, chain)
+        try:
+            token = self._backend.issue(key, tuple(conf))
+        except ConfError:
+            release(chain)
+            raise
+        if token in self._lru:
+            # Every nginx worker prepares the same route: keep the chain this
+            # worker has (plugins may keep per-route state in it).
+            release(chain)
+            self._lru.move_to_end(token)
+        else:
+            self._remember(token, chain)
         return token
 
     def get(self, token: int) -> Chain | None:
@@ -90,6 +100,7 @@ class ConfStore:
             # Tell the backend at most once a minute per token, not per call.
             if self._backend.lookup(token) is None:
                 del self._lru[token]
+                release(entry[0])
                 return None
             self._backend.touch(token)
             self._lru[token] = (entry[0], now)
@@ -119,7 +130,12 @@ class ConfStore:
         self._lru[token] = (chain, self._clock())
         self._lru.move_to_end(token)
         while len(self._lru) > self._size:
-            self._lru.popitem(last=False)
+            release(self._lru.popitem(last=False)[1][0])
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    def close(self) -> None:
+        """Drop every chain (the worker stops): plugins release their configs."""
+        while self._lru:
+            release(self._lru.popitem(last=False)[1][0])

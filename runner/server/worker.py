@@ -229,6 +229,8 @@ class Worker:
                 log.warning("%d calls still running at shutdown; cancelled", state.busy)
         for conn in list(state.connections):
             conn.close()
+        state.store.close()  # routes' configs release what they hold
+        await asyncio.sleep(0)  # ... which may take a loop round (closing sessions)
         await run_hooks(self.plugins, "shutdown")
         log.info("worker stopped")
 

@@ -236,3 +236,28 @@ def test_the_guides_command_lines_serve(argv: list[str], tmp_path: Path) -> None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+def test_a_dropped_route_closes_the_sessions_of_its_instance(tmp_path: Path) -> None:
+    from runner.conf.confstore import ConfStore
+    from runner.conf.sharedstore import SqliteBackend
+
+    path = str(tmp_path / "confs.sqlite3")
+    SqliteBackend.create(path, 60.0, 100)
+
+    async def scenario() -> tuple[bool, bool]:
+        async with PluginTester(plugin_dirs=[GUIDE_PLUGINS]) as t:
+            store = ConfStore(t.plugins, SqliteBackend(path, 60.0, 100), cache_size=1)
+            first = store.prepare("a", [("guide-async-auth", '{"auth_url": "http://x/"}')])
+            instance = store.get(first).req[0].conf  # type: ignore[union-attr]
+            again = store.prepare("a", [("guide-async-auth", '{"auth_url": "http://x/"}')])
+            assert again == first and store.get(first).req[0].conf is instance  # type: ignore[union-attr]
+            store.prepare("b", [("guide-async-auth", '{"auth_url": "http://y/"}')])  # evicts "a"
+            await asyncio.sleep(0.01)
+            gone = first not in store._lru
+            store.close()  # as the worker does when it stops
+            await asyncio.sleep(0.01)
+            return instance.session.closed, gone
+
+    closed, gone = asyncio.run(scenario())
+    assert closed and gone
