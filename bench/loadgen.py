@@ -1142,7 +1142,7 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
         workers = [p for p in descendants((pid,)) if p != pid]
         at_start = {str(p): rss_mib(p) for p in workers}
         runs = s.rounds * (len(workloads) + len(fakes) + 1)  # + 1: the PrepareConf round
-        progress = SuiteProgress(runs, s.warmup + s.duration + RUN_OVERHEAD_S)
+        progress = RunProgress(runs, s.warmup + s.duration + RUN_OVERHEAD_S)
         for rnd in range(s.rounds):
             for w in workloads:
                 progress.step(f"round {rnd + 1}/{s.rounds}: {w.name}")
@@ -1196,9 +1196,9 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
     }
 
 
-class SuiteProgress:
-    """One line per run of the suite on stderr, terminal or not:
-    ``[k/N] round r/R: NAME (~M s left)``. The time left is the runs still to
+class RunProgress:
+    """One line per run on stderr, terminal or not (the suite's runs, the wrk
+    matrix's): ``[k/N] LABEL (~M s left)``. The time left is the runs still to
     do (this one included) times the mean of the runs done so far, or
     ``run_s`` before the first one ends."""
 

@@ -24,12 +24,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from bench.loadgen import RunProgress
 
 from . import rig
 
@@ -201,24 +202,6 @@ def render_table(cells: list[Cell], reps: int) -> str:
     return "\n".join(lines)
 
 
-class Eta:
-    """``[k/N] ... (~M s left)`` lines on stderr, one per wrk run: the runs
-    still to do (this one included) times the mean wall time of the runs done
-    so far, or ``run_s`` before the first one ends."""
-
-    def __init__(self, total: int, run_s: float) -> None:
-        self.total, self.run_s = total, run_s
-        self.done = 0
-        self.start = time.monotonic()
-
-    def step(self, label: str) -> None:
-        elapsed = time.monotonic() - self.start
-        per_run = elapsed / self.done if self.done else self.run_s
-        left = (self.total - self.done) * per_run
-        self.done += 1
-        print(f"[{self.done}/{self.total}] {label} (~{left:.0f} s left)", file=sys.stderr)
-
-
 def measure(
     gw: rig.Rig,
     scenarios: Sequence[Scenario],
@@ -231,7 +214,7 @@ def measure(
     alternating; a line with the count and the time left before each run."""
     cells: list[Cell] = []
     runs: list[Run] = []
-    eta = Eta(len(scenarios) * len(conns) * reps * 2, duration + WRK_OVERHEAD_S)
+    eta = RunProgress(len(scenarios) * len(conns) * reps * 2, duration + WRK_OVERHEAD_S)
     for s in scenarios:
         for c in conns:
             cell = Cell(s.name, c)
