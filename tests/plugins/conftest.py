@@ -9,6 +9,12 @@ CI installs it, see .ci/run):
                    prefixes, so they never see each other's counters)
 ``redis_factory``  ``start()`` -> a RedisServer of the test's own, for tests
                    that kill and restart it
+``redis_cluster``  a 3-master Redis Cluster for the session (redis-cli --cluster
+                   create; needs redis-cli too, from redis-tools)
+``cluster_factory`` ``start(masters, replicas)`` -> a Cluster of the test's own
+``sentinel_factory`` ``start(sentinels)`` -> a master, a replica and redis-sentinels
+                   (needs redis-sentinel) of the test's own
+``tls_redis``      a TLS-only redis-server with an ACL user, for the session
 ``closed_port``    a loopback port nothing listens on (connection refused)
 ``blackhole_port`` a loopback port that accepts TCP but never answers
 ``auth_service``   tests/plugins/authsvc.py as a subprocess (aiohttp.web)
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from redis_topologies import Cluster, SentinelSetup, TlsRedis, missing
 
 if TYPE_CHECKING:
     import redis
@@ -164,6 +171,61 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
 
     yield start
     for server in started:
+        server.stop()
+
+
+def skip_without(*programs: str) -> None:
+    if (reason := missing("redis-server", *programs)) is not None:
+        pytest.skip(f"the redis-limit tests need real Redis programs: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    skip_without("redis-cli")
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    skip_without("redis-cli")
+    started: list[Cluster] = []
+
+    def start(masters: int = 3, replicas: int = 0) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster-{len(started)}", masters, replicas)
+        started.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelSetup]]:
+    skip_without("redis-sentinel")
+    started: list[SentinelSetup] = []
+
+    def start(sentinels: int = 1) -> SentinelSetup:
+        setup = SentinelSetup(tmp_path / f"sentinel-{len(started)}", sentinels)
+        started.append(setup)
+        return setup.start()
+
+    yield start
+    for setup in started:
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+    skip_without()
+    server = TlsRedis(tmp_path_factory.mktemp("tls"))
+    try:
+        yield server.start()
+    finally:
         server.stop()
 
 

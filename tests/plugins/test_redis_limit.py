@@ -108,13 +108,18 @@ def test_limit_headers_and_retry_after(redis_server: RedisServer) -> None:
         results = [t.call(conf, HTTPRequest(src_ip="10.0.0.1")) for _ in range(5)]
     for result, remaining in zip(results[:3], ("2", "1", "0"), strict=True):
         assert isinstance(result.action, Rewrite)  # allowed: headers ride along
-        assert headers_of(result) == {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": remaining}
+        assert headers_of(result) == {
+            "X-RateLimit-Limit": "3",
+            "X-RateLimit-Remaining": remaining,
+            "X-RateLimit-Reset": "60",  # the oldest request leaves the window in 60 s
+        }
         assert result.extra_info == []  # remote_addr comes with the call itself
     for result in results[3:]:
         assert isinstance(result.action, Stop) and result.action.status == 429
         assert headers_of(result) == {
             "X-RateLimit-Limit": "3",
             "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": "60",
             "Retry-After": "60",
             "Content-Type": "application/json",
         }
@@ -275,6 +280,7 @@ def test_slow_redis_times_out_and_answers_stay_in_step(redis_server: RedisServer
     assert headers_of(second) == {
         "X-RateLimit-Limit": "2",
         "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "60",
         "Retry-After": "60",
         "Content-Type": "application/json",
     }
