@@ -18,6 +18,7 @@ from runner import ConfError
 from runner.bundled_plugins.redis_limit import RedisLimit
 from runner.testing import Client, HTTPRequest, PluginTester, ReqCallResult, Rewrite, Stop
 from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
+from tests.plugins.results import allowed, headers_of, status
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is used here
     from conftest import RedisServer
@@ -40,22 +41,6 @@ def limit(url: str, **opts: Any) -> list[tuple[str, dict[str, Any]]]:
     tests sharing the session's redis-server never share a counter."""
     opts.setdefault("key_prefix", f"t-{uuid.uuid4().hex}")
     return [("redis-limit", {"redis_url": url, **opts})]
-
-
-def headers_of(result: ReqCallResult) -> dict[str, str | None]:
-    action = result.action
-    if isinstance(action, Stop):
-        return dict(action.headers)
-    assert isinstance(action, Rewrite), action
-    return dict(action.resp_headers)
-
-
-def allowed(result: ReqCallResult) -> bool:
-    return not isinstance(result.action, Stop)
-
-
-def status(result: ReqCallResult) -> int | None:
-    return result.action.status if isinstance(result.action, Stop) else None
 
 
 # --------------------------------------------------------------------------- config

@@ -15,8 +15,9 @@ import pytest
 
 from runner import ConfError
 from runner.bundled_plugins.redis_limit import RedisLimit
-from runner.testing import HTTPRequest, PluginTester, ReqCallResult, Rewrite, Stop
+from runner.testing import HTTPRequest, PluginTester, ReqCallResult
 from runner.testing.pytest_plugin import RunnerFactory
+from tests.plugins.results import allowed, headers_of, status
 
 if TYPE_CHECKING:  # conftest is pytest's to import; only its type is used here
     from conftest import RedisServer
@@ -34,24 +35,6 @@ def arun(coro: Coroutine[Any, Any, _T], timeout: float = 20.0) -> _T:
 def route(url: str, **opts: Any) -> list[tuple[str, dict[str, Any]]]:
     opts.setdefault("key_prefix", f"t-{uuid.uuid4().hex}")
     return [("redis-limit", {"redis_url": url, **opts})]
-
-
-def headers_of(result: ReqCallResult) -> dict[str, str | None]:
-    action = result.action
-    if isinstance(action, Stop):
-        return dict(action.headers)
-    if action is None:
-        return {}
-    assert isinstance(action, Rewrite), action
-    return dict(action.resp_headers)
-
-
-def allowed(result: ReqCallResult) -> bool:
-    return not isinstance(result.action, Stop)
-
-
-def status(result: ReqCallResult) -> int | None:
-    return result.action.status if isinstance(result.action, Stop) else None
 
 
 def script_calls(server: RedisServer) -> int:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from runner.bundled_plugins.redis_limit import RedisLimit
-from runner.testing import Client, HTTPRequest, PluginTester, ReqCallResult, Rewrite, Stop
+from runner.testing import Client, HTTPRequest, PluginTester, ReqCallResult
 from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
+from tests.plugins.results import allowed, headers_of, status
 
 if TYPE_CHECKING:  # conftest and its helpers are pytest's to import; types only here
     from redis_topologies import Cluster, RedisProcess, SentinelSetup, TlsRedis
@@ -35,24 +36,6 @@ def arun(coro: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
-
-
-def headers_of(result: ReqCallResult) -> dict[str, str | None]:
-    action = result.action
-    if isinstance(action, Stop):
-        return dict(action.headers)
-    if action is None:
-        return {}
-    assert isinstance(action, Rewrite), action
-    return dict(action.resp_headers)
-
-
-def allowed(result: ReqCallResult) -> bool:
-    return not isinstance(result.action, Stop)
-
-
-def status(result: ReqCallResult) -> int | None:
-    return result.action.status if isinstance(result.action, Stop) else None
 
 
 def conf_of(**opts: Any) -> list[tuple[str, str]]:
