@@ -219,7 +219,7 @@ class _WorkerState:
         health = self.health.get(url)
         if health is None:
             health = self.health[url] = OutageLog(
-                log, f"async-auth: {shown(url)}", "answering the error status"
+                log, f"async-auth: {shown(url)}", "answering the error status", plugin="async-auth"
             )
         return health
 

@@ -557,7 +557,9 @@ class _Backend:
         self.errors: tuple[type[BaseException], ...] = (
             RedisError, RedisClusterException, OSError, TimeoutError, RedisUnavailable,
         )  # fmt: skip
-        self.health = OutageLog(log, f"redis-limit: {self.description}", CONSEQUENCE)
+        self.health = OutageLog(
+            log, f"redis-limit: {self.description}", CONSEQUENCE, plugin="redis-limit"
+        )
         self.outages = 0  # outages seen by this worker
         self.failed_requests = 0  # requests that met Redis unavailable (fail_open decided)
         self.sync_errors = 0  # batch synchronisations that failed (retried later)

@@ -41,6 +41,10 @@ COUNTERS: Final[dict[str, tuple[str, list[str]]]] = {
     "conf_lookups": ("Conf token lookups: worker cache hit, miss, not_found", ["result"]),
     "conf_removed": ("Conf tokens removed from the shared store: expired, evicted", ["reason"]),
     "frames_malformed": ("Frames rejected as malformed", []),
+    "plugin_events": (
+        "Events plugins count: outages of a backend they call, requests failed meanwhile",
+        ["plugin", "event"],
+    ),
     "worker_respawns": ("Workers that exited unexpectedly and were replaced", []),
     "worker_recycles": ("Workers replaced after max_requests", []),
 }

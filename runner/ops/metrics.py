@@ -103,6 +103,18 @@ class PluginStats(Histogram):
         yield from self.other.items()
 
 
+#: Events plugins count, (plugin, event) -> n: backend outages, the requests
+#: they failed (see runner.ops.outage). Per process: every worker reports its own.
+EVENTS: dict[tuple[str, str], int] = {}
+
+
+def count_event(plugin: str, event: str, n: int = 1) -> None:
+    """Count ``n`` events of a plugin; /metrics shows the sum over the workers as
+    ``apisix_runner_plugin_events_total{plugin, event}``."""
+    key = (plugin, event)
+    EVENTS[key] = EVENTS.get(key, 0) + n
+
+
 class WorkerMetrics:
     """Everything one worker counts. Attributes are bumped directly by the
     connection code; ``snapshot`` turns them into the exporter's format."""
@@ -149,6 +161,8 @@ class WorkerMetrics:
         yield ["conf_removed", ["expired"], self.conf_expired]
         yield ["conf_removed", ["evicted"], self.conf_evicted]
         yield ["frames_malformed", [], self.malformed]
+        for (plugin, event), n in EVENTS.items():
+            yield ["plugin_events", [plugin, event], n]
 
     def _histograms(self) -> Iterator[list[Any]]:
         for rpc, h in self.rpc.items():

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import time
 
+from runner.ops.metrics import count_event
+
 
 def describe(exc: BaseException) -> str:
     """An exception as a short reason; TimeoutError and some client errors
@@ -27,10 +29,19 @@ def describe(exc: BaseException) -> str:
 
 
 class OutageLog:
+    """``plugin``: the plugin's name, to count outages and the requests they
+    failed in /metrics (``plugin_events``: ``outages``, ``outage_failures``)."""
+
     def __init__(
-        self, log: logging.Logger, subject: str, consequence: str, remind_every: float = 60.0
+        self,
+        log: logging.Logger,
+        subject: str,
+        consequence: str,
+        remind_every: float = 60.0,
+        plugin: str | None = None,
     ) -> None:
         self._log = log
+        self.plugin = plugin
         self.subject = subject  # who is down, e.g. "async-auth: http://auth/check"
         self.consequence = consequence  # what requests get meanwhile
         self.remind_every = remind_every
@@ -43,6 +54,10 @@ class OutageLog:
             reason = describe(reason)
         now = time.monotonic()
         self.failures += 1
+        if self.plugin is not None:
+            count_event(self.plugin, "outage_failures")
+            if self.failures == 1:
+                count_event(self.plugin, "outages")
         if self.failures == 1:
             self.since = self.reminded = now
             self._log.error("%s unavailable (%s); %s", self.subject, reason, self.consequence)
