@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,9 @@ log = logging.getLogger("runner.worker")
 # accept() errors that say "not now" rather than "this socket is broken"; the
 # worker stops watching and looks again at the next rebalancing round.
 _TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Housekeeping rounds (0.25 s each) a waiting connection may go unaccepted
+# before a worker that is not the least loaded takes it (see rescue).
+RESCUE_ROUNDS = 2
 
 
 class Balancer:
@@ -60,6 +64,7 @@ class Balancer:
         self._armed = False  # watching the listening socket
         self._open = False
         self._pending = 0  # taken (accepted or handed over), not yet connection_made
+        self._starved = 0  # housekeeping rounds that found connections waiting unaccepted
         self.handed_over = 0
         state.on_count = self._count_changed
 
@@ -117,6 +122,21 @@ class Balancer:
         elif not want and self._armed:
             self._loop.remove_reader(self._listen.fileno())
         self._armed = want
+
+    def rescue(self) -> None:
+        """Housekeeping: if connections have waited in the listening socket for
+        two rounds while this worker held back, the worker whose turn it is
+        may be stuck (a plugin holding its loop until the watchdog acts), so
+        take one anyway: balance must never make APISIX wait to connect."""
+        if self._armed or not self._open or self.leaving:
+            self._starved = 0
+            return
+        ready, _, _ = select.select([self._listen], [], [], 0)
+        self._starved = self._starved + 1 if ready else 0
+        if self._starved >= RESCUE_ROUNDS:
+            self._starved = 0
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                self._take(self._listen.accept()[0])
 
     def _on_listen(self) -> None:
         others = self._others()

@@ -150,6 +150,7 @@ class Worker:
             if self.balancer is not None and self._retiring is None:
                 self.balancer.rebalance()
                 self.balancer.recheck()  # a worker that died no longer counts
+                self.balancer.rescue()
             now = asyncio.get_running_loop().time()
             if now - flushed >= flush_every:
                 flushed = now

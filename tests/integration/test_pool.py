@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.testing import Client, HTTPRequest
+from runner.testing import Client, HTTPRequest, Stop
 from runner.testing.pytest_plugin import RunnerFactory, accepts, runner_env
 
 from .conftest import arun
@@ -265,3 +265,44 @@ def test_max_requests_recycles_workers_without_closing_a_connection(
     assert pool.errors == [], pool.errors[:5]
     assert pool.closed == [], pool.closed[:5]
     assert pool.moves, "no connection was handed over"
+
+
+def test_a_stuck_worker_does_not_hold_new_connections(runner_factory: RunnerFactory) -> None:
+    """The least-loaded worker is the only one that accepts; if a plugin holds
+    its loop, another worker takes the waiting connection after two
+    housekeeping rounds instead of leaving APISIX waiting for the plugin."""
+    ops = str(Path(__file__).resolve().parent / "plugins_ops")
+    runner = runner_factory(
+        workers=2, config={"plugin_dirs": [PLUGINS_DIR, ops], "inline_timeout": 30}
+    )
+    workers = serving_workers(runner, 2)
+    path = runner.socket_path
+
+    async def scenario() -> tuple[int, int]:
+        clients, token = await open_at_once(path, 3)  # 2 on one worker, 1 on the other
+        try:
+            await settled(path, workers, 3)
+            pids = [await whoami_of(c, token) for c in clients]
+            lonely = next(p for p in pids if pids.count(p) == 1)  # the least loaded
+            blocker = clients[pids.index(lonely)]
+            sleepy = await blocker.prepare_conf([("sleepy-sync", '{"seconds": 3}')])
+            stuck = asyncio.ensure_future(blocker.call(sleepy, HTTPRequest()))
+            await asyncio.sleep(0.1)  # its loop is held now
+            late = await Client.connect(path)
+            try:
+                served_by = await whoami_of(late, await late.prepare_conf(WHOAMI, key=WHOAMI_KEY))
+            finally:
+                await late.close()
+            await stuck
+            return lonely, served_by
+        finally:
+            await close_all(clients)
+
+    lonely, served_by = arun(scenario())
+    assert served_by != lonely  # taken by the other worker, not after the 3 s sleep
+
+
+async def whoami_of(client: Client, token: int) -> int:
+    result = await client.call(token, HTTPRequest(path="/"))
+    assert isinstance(result.action, Stop)
+    return int(result.action.body.decode().rpartition(":")[2])
