@@ -70,8 +70,10 @@ from runner.api.multidict import Headers, MultiDict
 from runner.api.plugin import ConfError, Plugin, PluginError
 from runner.compat import shims
 from runner.compat.adapter import as_bytes, body_text, first_values, source_mentions, text
+from runner.ops.logs import LogLimiter
 
 log = logging.getLogger("runner.compat")
+_limited = LogLimiter(log)  # per-request lines: once, then a count every 10 s
 
 _T = TypeVar("_T")
 
@@ -326,7 +328,9 @@ class LegacyRequest:
         if "?" in uri:
             # APISIX would escape the '?' into the path (the old runner sent it
             # anyway): refuse, the query belongs in set_arg.
-            log.warning("set_uri(%r) ignored: put the query in set_arg(), not in the path", uri)
+            _limited.warning("set_uri() with a query ignored",
+                             "set_uri(%r) ignored: put the query in set_arg(), not in the path",
+                             uri)  # fmt: skip
             return False
         if uri != self._req.path:
             self._req.path = uri
