@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from runner.api.plugin import Plugin, PluginError, has_filter, has_response_filter
+from runner.ops.logs import SUMMARY_LINE
 
 if TYPE_CHECKING:
     from runner.settings import Settings
@@ -94,22 +95,21 @@ def _import_file(path: Path) -> ModuleType:
         # rewritten within the same second at the same size would otherwise
         # reload stale bytecode on SIGHUP.
         exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
-    except ModuleNotFoundError as exc:
-        sys.modules.pop(mod_name, None)
-        if (exc.name or "").split(".")[0] != "apisix":
-            raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc
-        raise PluginError(
-            f"plugin file {path} imports {exc.name}, a module of a plugin API this runner "
-            "does not provide; docs/migration.md lists the APIs it runs and what each maps to"
-        ) from None
-    except SyntaxError as exc:
-        sys.modules.pop(mod_name, None)
-        where = f"{exc.filename or path}:{exc.lineno or 0}:{exc.offset or 0}"
-        raise PluginError(f"{where}: {exc.msg}") from None
     except Exception as exc:
         sys.modules.pop(mod_name, None)
-        raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc
+        raise PluginError(_import_failure(path, exc)) from exc
     return module
+
+
+def _import_failure(path: Path, exc: Exception) -> str:
+    if isinstance(exc, SyntaxError):  # file:line:col: message, as compilers say it
+        return f"{exc.filename or path}:{exc.lineno or 0}:{exc.offset or 0}: {exc.msg}"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "apisix":
+        return (
+            f"plugin file {path} imports {exc.name}, a module of a plugin API this runner "
+            "does not provide; docs/migration.md lists the APIs it runs and what each maps to"
+        )
+    return f"plugin file {path} failed to import: {exc!r}"
 
 
 def _from_dirs(dirs: Iterable[Path], adapters: Sequence[Adapter]) -> Iterator[type[Plugin]]:
@@ -152,12 +152,16 @@ def _instantiate(cls: type[Plugin]) -> Plugin:
 
 
 def load_plugins(
-    dirs: Iterable[Path], entry_points: bool = True, adapters: Sequence[Adapter] = ()
+    dirs: Iterable[Path],
+    entry_points: bool = True,
+    adapters: Sequence[Adapter] = (),
+    registered: Sequence[type[Plugin]] = (),
 ) -> dict[str, Plugin]:
     """Import every plugin once; a duplicate name or a broken file is fatal.
 
     ``adapters``: the other plugin APIs to accept (``runner.compat.ADAPTERS``
-    for all of them)."""
+    for all of them). ``registered``: classes given in code (the guide's
+    ``PluginRunner().register``); each replaces a bundled plugin of its name."""
     for adapter in adapters:
         adapter.install()  # before any plugin file runs: it may import the API's modules
     found: dict[str, Plugin] = {}
@@ -165,9 +169,21 @@ def load_plugins(
     if entry_points:
         sources.extend(_from_entry_points(adapters))
     for cls in sources:
-        if cls.name in found:
-            first = origin(type(found[cls.name]))
-            raise PluginError(f"two plugins are named {cls.name!r}: {first} and {origin(cls)}")
-        found[cls.name] = _instantiate(cls)
-    log.info("loaded plugins: %s", ", ".join(sorted(found)) or "(none)")
+        _add(found, cls)
+    bundled = str(bundled_plugins_dir())
+    for cls in registered:
+        known = found.get(cls.name)
+        if known is not None and origin(type(known)).startswith(bundled):
+            del found[cls.name]
+        _add(found, cls)
+    log.info("loaded plugins: %s", ", ".join(sorted(found)) or "(none)", extra=SUMMARY_LINE)
     return found
+
+
+def _add(found: dict[str, Plugin], cls: type[Plugin]) -> None:
+    known = found.get(cls.name)
+    if known is not None:
+        raise PluginError(
+            f"two plugins are named {cls.name!r}: {origin(type(known))} and {origin(cls)}"
+        )
+    found[cls.name] = _instantiate(cls)

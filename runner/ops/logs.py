@@ -3,9 +3,9 @@
 In managed mode (APISIX starts the runner, no ``--foreground``) APISIX copies
 the runner's stdout/stderr into its error.log at WARN level (docs/protocol.md
 §10.1). There, unless a log file is configured, stderr gets warnings and
-errors, plus the start-up summary (:data:`SUMMARY`: the socket and worker
-count, the plugins loaded) from the supervisor; workers log at WARNING or
-above, so no per-request INFO reaches error.log. ``--foreground`` logs to the
+errors, plus the start-up summary (lines logged with ``extra=SUMMARY_LINE``:
+the socket and worker count, the plugins loaded) from the supervisor; workers
+log at WARNING or above, so no per-request INFO reaches error.log. ``--foreground`` logs to the
 terminal at the configured level.
 
 Every line says which process wrote it (``supervisor``, ``exporter`` or
@@ -40,15 +40,9 @@ from runner.settings import LoggingSettings
 
 FORMAT = "%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s%(context)s"
 
-# The INFO lines that still reach stderr in managed mode: what the runner
-# serves, said once at start-up (and after a reload). Told by how their
-# format string begins, or by ``extra=SUMMARY_LINE`` on the logging call.
-SUMMARY: Final = (
-    "listening on ",
-    "loaded plugins: ",
-    "metrics on ",
-    "reload done: ",
-)
+# ``extra=SUMMARY_LINE`` on an INFO line that must still reach stderr in
+# managed mode: what the runner serves, said once at start-up (the socket and
+# workers, the plugins, the metrics address) and after a reload.
 SUMMARY_LINE: Final = {"summary": True}
 
 # A repeated log line is summed up at most once per this many seconds.
@@ -86,10 +80,7 @@ class ContextFilter(logging.Filter):
 
 def managed_filter(record: logging.LogRecord) -> bool:
     """What APISIX's error.log gets: warnings and errors, and the start-up summary."""
-    if record.levelno >= logging.WARNING or getattr(record, "summary", False):
-        return True
-    msg = record.msg  # the format string, before any argument is put in
-    return isinstance(msg, str) and msg.startswith(SUMMARY)
+    return record.levelno >= logging.WARNING or getattr(record, "summary", False)
 
 
 def setup_logging(conf: LoggingSettings, foreground: bool) -> None:

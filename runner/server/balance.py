@@ -108,11 +108,12 @@ class Balancer:
     def _others(self) -> list[Peer]:
         return [p for p in self._table.serving() if p.slot != self._slot]
 
-    def _eligible(self) -> bool:
+    def _eligible(self, others: list[Peer] | None = None) -> bool:
+        """Open, serving, and holding no more connections than any other."""
         if not self._open or self.leaving:
             return False
         mine = self.count
-        return all(p.connections >= mine for p in self._others())
+        return all(p.connections >= mine for p in (self._others() if others is None else others))
 
     def recheck(self) -> None:
         """Watch the listening socket exactly while this worker may accept."""
@@ -140,10 +141,10 @@ class Balancer:
 
     def _on_listen(self) -> None:
         others = self._others()
-        before = self.count
-        if not self._open or self.leaving or any(p.connections < before for p in others):
+        if not self._eligible(others):
             self.recheck()  # another worker holds fewer now: stop watching
             return
+        before = self.count
         try:
             sock, _ = self._listen.accept()
         except (BlockingIOError, InterruptedError):

@@ -214,9 +214,8 @@ class Listener:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:
+        if self.still_ours():
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            else:
-                log.info("socket %s belongs to a newer runner; left in place", self.path)
+        elif os.path.exists(self.path):
+            log.info("socket %s belongs to a newer runner; left in place", self.path)

@@ -1,9 +1,10 @@
 """The workers' shared table: who serves, and how many connections each holds.
 
 The supervisor maps it (anonymous shared memory) before the first fork, so
-every worker, and every worker it forks later, sees the same bytes. Each
-worker owns one slot and writes only its own connection count; the
-supervisor claims and frees slots and marks an old generation as leaving.
+every worker, and every worker it forks later, sees the same bytes. The
+supervisor claims a slot for each worker it forks (with its pid), marks a
+worker it retires as leaving and frees the slot when the worker exits; each
+worker writes only its own slot: its connection count, and whether it serves.
 Readers take the numbers as advice: an 8-byte aligned store is atomic on the
 CPUs we run on, and a count read a moment late costs at most one connection
 of imbalance, which the next rebalancing round repairs.
@@ -11,9 +12,9 @@ of imbalance, which the next rebalancing round repairs.
 The first ``FIELDS`` int64s are a header holding the number of slots ever
 used, so that readers scan only those. Then each slot (``FIELDS`` int64s)::
 
-    +-----+-------+------------+-------------+
-    | pid | state | generation | connections |
-    +-----+-------+------------+-------------+
+    +-----+-------+-------------+
+    | pid | state | connections |
+    +-----+-------+-------------+
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import contextlib
 import mmap
 import os
 import socket
+from collections.abc import Callable
 from enum import IntEnum
 from typing import NamedTuple
 
 SLOTS = 1024  # workers alive at once, old generations included
-FIELDS = 4
-_PID, _STATE, _GENERATION, _CONNS = range(FIELDS)
+FIELDS = 3
+_PID, _STATE, _CONNS = range(FIELDS)
 
 
 class SlotState(IntEnum):
@@ -63,20 +65,20 @@ class WorkerTable:
         # Slot n starts at q[(n + 1) * FIELDS]; q[0] is the number of slots used.
         self._q = memoryview(self._mem).cast("q")
 
-    def _used(self) -> range:
-        return range(self._q[0])
+    @staticmethod
+    def _base(slot: int) -> int:
+        return (slot + 1) * FIELDS
 
     # -- the supervisor's side
 
-    def claim(self, generation: int) -> int:
+    def claim(self) -> int:
         """A free slot for a worker about to be forked."""
         q = self._q
         for slot in range(SLOTS):
-            base = (slot + 1) * FIELDS
+            base = self._base(slot)
             if slot >= q[0] or q[base + _STATE] == SlotState.FREE:
                 q[base + _PID] = 0
                 q[base + _CONNS] = 0
-                q[base + _GENERATION] = generation
                 q[base + _STATE] = SlotState.BOOTING
                 q[0] = max(q[0], slot + 1)
                 return slot
@@ -84,7 +86,7 @@ class WorkerTable:
 
     def release(self, slot: int) -> None:
         """The worker exited: its connections went with it."""
-        base = (slot + 1) * FIELDS
+        base = self._base(slot)
         self._q[base + _STATE] = SlotState.FREE
         self._q[base + _CONNS] = 0
         self._q[base + _PID] = 0
@@ -92,43 +94,36 @@ class WorkerTable:
     # -- either side
 
     def set_pid(self, slot: int, pid: int) -> None:
-        self._q[(slot + 1) * FIELDS + _PID] = pid
+        self._q[self._base(slot) + _PID] = pid
 
     def set_state(self, slot: int, state: SlotState) -> None:
-        self._q[(slot + 1) * FIELDS + _STATE] = state
+        self._q[self._base(slot) + _STATE] = state
 
     def state(self, slot: int) -> SlotState:
-        return SlotState(self._q[(slot + 1) * FIELDS + _STATE])
+        return SlotState(self._q[self._base(slot) + _STATE])
 
     def set_connections(self, slot: int, count: int) -> None:
-        self._q[(slot + 1) * FIELDS + _CONNS] = count
+        self._q[self._base(slot) + _CONNS] = count
 
     def connections(self, slot: int) -> int:
-        return self._q[(slot + 1) * FIELDS + _CONNS]
+        return self._q[self._base(slot) + _CONNS]
 
     def serving(self) -> list[Peer]:
         """Every serving worker, with its connection count."""
-        q = self._q
-        found = []
-        for slot in self._used():
-            base = (slot + 1) * FIELDS
-            if q[base + _STATE] == SlotState.SERVING and q[base + _PID]:
-                found.append(Peer(slot, q[base + _PID], q[base + _CONNS]))
-        return found
+        return self._peers(lambda state: state == SlotState.SERVING)
 
     def alive(self) -> list[Peer]:
         """Every worker with a pid, whatever its state."""
+        return self._peers(lambda state: state != SlotState.FREE)
+
+    def _peers(self, wanted: Callable[[int], bool]) -> list[Peer]:
         q = self._q
         found = []
-        for slot in self._used():
-            base = (slot + 1) * FIELDS
-            if q[base + _STATE] != SlotState.FREE and q[base + _PID]:
+        for slot in range(q[0]):
+            base = self._base(slot)
+            if wanted(q[base + _STATE]) and q[base + _PID]:
                 found.append(Peer(slot, q[base + _PID], q[base + _CONNS]))
         return found
-
-    def close(self) -> None:
-        self._q.release()
-        self._mem.close()
 
 
 # sun_path holds 108 bytes with the terminating NUL; pids go up to 2**22.

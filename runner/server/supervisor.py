@@ -44,10 +44,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runner import compat
-from runner.api.discovery import bundled_plugins_dir, load_plugins, origin, plugin_dirs
+from runner.api.discovery import load_plugins, plugin_dirs
 from runner.api.plugin import Plugin, PluginError
 from runner.conf.sharedstore import SqliteBackend
-from runner.ops.logs import set_role
+from runner.ops.logs import SUMMARY_LINE, set_role
 from runner.ops.metrics import STATUS_FILE, Totals, read_snapshot, write_atomic
 from runner.server.listener import Listener
 from runner.server.pool import (
@@ -152,7 +152,7 @@ class Supervisor:
             self._start_metrics()
             self._install_signals()
             log.info("listening on %s with %d worker%s", s.socket_path, s.workers,
-                     "" if s.workers == 1 else "s")  # fmt: skip
+                     "" if s.workers == 1 else "s", extra=SUMMARY_LINE)  # fmt: skip
             self._spawn_missing()
             self._loop()
         finally:
@@ -176,7 +176,7 @@ class Supervisor:
         os.mkdir(self.metrics_dir)
         # Bound here, before any worker: a taken port stops start-up.
         self._metrics_sock = socket.create_server(address)
-        log.info("metrics on http://%s:%d/metrics", *address)
+        log.info("metrics on http://%s:%d/metrics", *address, extra=SUMMARY_LINE)
         self._write_status()
         self._spawn_exporter()
 
@@ -363,7 +363,7 @@ class Supervisor:
     ) -> WorkerProc:
         assert self._listener is not None and self._listener.sock is not None
         assert self._table is not None
-        slot = self._table.claim(generation)
+        slot = self._table.claim()
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
@@ -532,7 +532,8 @@ class Supervisor:
             if index < len(old):
                 self._retire(old[index])
         self._spawn_missing()  # a new worker that failed to start is retried
-        log.info("reload done: generation %d, %d workers", self.generation, settings.workers)
+        log.info("reload done: generation %d, %d workers", self.generation, settings.workers,
+                 extra=SUMMARY_LINE)  # fmt: skip
 
     def _retire(self, worker: WorkerProc) -> None:
         assert self._table is not None
@@ -566,15 +567,9 @@ def load_all(settings: Settings, extra: Sequence[type[Plugin]] = ()) -> dict[str
     """Every plugin the config names, in any plugin API the runner accepts, and
     the ``extra`` classes (registered in code: they replace a bundled plugin of
     the same name); plugin_options may name only those."""
-    plugins = load_plugins(plugin_dirs(settings), settings.entry_points, compat.ADAPTERS)
-    bundled = str(bundled_plugins_dir())
-    for cls in extra:
-        known = plugins.get(cls.name)
-        if known is not None and not origin(type(known)).startswith(bundled):
-            raise PluginError(
-                f"two plugins are named {cls.name!r}: {origin(type(known))} and {origin(cls)}"
-            )
-        plugins[cls.name] = cls()
+    plugins = load_plugins(
+        plugin_dirs(settings), settings.entry_points, compat.ADAPTERS, registered=extra
+    )
     unknown = sorted(set(settings.plugin_options) - set(plugins))
     if unknown:
         raise SettingsError(

@@ -245,7 +245,6 @@ def serve_worker(
     seat: Seat,
 ) -> None:
     """The body of a forked worker process."""
-    seat.table.set_pid(seat.slot, os.getpid())
     sock = socket.socket(fileno=os.dup(sock_fd))
     sock.setblocking(False)
     backend = SqliteBackend(store_path, settings.token_ttl, settings.conf_cache.max_entries)

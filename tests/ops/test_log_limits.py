@@ -171,8 +171,12 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
 
 def test_managed_mode_writes_warnings_and_the_start_up_summary(setup: Setup) -> None:
     stderr = setup(LoggingSettings(), False)
-    logging.getLogger("runner.supervisor").info("listening on %s with %d workers", "/s", 2)
-    logging.getLogger("runner.plugins").info("loaded plugins: %s", "stop")
+    # As the supervisor and discovery log them.
+    summary = logs.SUMMARY_LINE
+    logging.getLogger("runner.supervisor").info(
+        "listening on %s with %d workers", "/s", 2, extra=summary
+    )
+    logging.getLogger("runner.plugins").info("loaded plugins: %s", "stop", extra=summary)
     logging.getLogger("runner.supervisor").info("worker %d started (pid %d)", 0, 1)
     logging.getLogger("runner.server").warning("%s is world-writable", "/p")
     logging.getLogger("runner.plugins").info({"not": "a format string"})

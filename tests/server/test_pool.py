@@ -21,7 +21,7 @@ from runner.server.pool import (
 
 def test_slots_are_claimed_published_and_freed() -> None:
     table = WorkerTable()
-    a, b = table.claim(generation=0), table.claim(generation=0)
+    a, b = table.claim(), table.claim()
     assert a != b
     assert table.serving() == []  # booting workers take no connections
     table.set_pid(a, 101)
@@ -34,21 +34,21 @@ def test_slots_are_claimed_published_and_freed() -> None:
     assert table.serving() == [Peer(b, 102, 7)]
     assert {p.pid for p in table.alive()} == {101, 102}
     table.release(b)
-    assert table.serving() == [] and table.claim(generation=1) == b  # reused, counts reset
+    assert table.serving() == [] and table.claim() == b  # reused, counts reset
     assert table.connections(b) == 0
 
 
 def test_a_full_table_says_so() -> None:
     table = WorkerTable()
     for _ in range(SLOTS):
-        table.claim(generation=0)
+        table.claim()
     with pytest.raises(PoolFull, match=str(SLOTS)):
-        table.claim(generation=0)
+        table.claim()
 
 
 def test_children_share_the_table() -> None:
     table = WorkerTable()
-    slot = table.claim(generation=0)
+    slot = table.claim()
     pid = os.fork()
     if pid == 0:  # the child writes, as a worker does
         table.set_pid(slot, os.getpid())
