@@ -12,9 +12,12 @@ import sys
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from runner.api.multidict import MultiDict
+from runner.api.plugin import Plugin
+
+_P = TypeVar("_P", bound=Plugin)
 
 
 def text(value: Any) -> str:
@@ -86,3 +89,26 @@ def source_mentions(cls: type[Any], names: frozenset[str]) -> bool:
     except (OSError, SyntaxError, ValueError):
         return True
     return not names.isdisjoint(_names_in(code))
+
+
+def classes_defined_in(module: types.ModuleType) -> Iterator[type[Any]]:
+    """The classes a plugin module defines itself (not those it imports)."""
+    for obj in list(vars(module).values()):
+        if isinstance(obj, type) and obj.__module__ == module.__name__:
+            yield obj
+
+
+def derives_from(cls: type[Any], base_name: str, base_module: str) -> bool:
+    """Whether ``cls`` subclasses the class named ``base_name`` of ``base_module``,
+    told by name rather than identity, so a real old runner's class counts too."""
+    return any(b.__name__ == base_name and b.__module__ == base_module for b in cls.__mro__[1:])
+
+
+def plugin_class(
+    base: type[_P], prefix: str, wrapped: type[Any], name: str, **attrs: Any
+) -> type[_P]:
+    """A :class:`Plugin` subclass of ``base`` named ``name`` that runs ``wrapped``
+    (an attribute of ``attrs``), called ``<prefix><its class>`` and shown as
+    coming from ``wrapped``'s module."""
+    attrs.update(name=name, __module__=wrapped.__module__)
+    return cast(type[_P], type(f"{prefix}{wrapped.__name__}", (base,), attrs))

@@ -40,13 +40,21 @@ import copy
 import json
 import types
 from collections.abc import Iterator
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from runner.api.http import Request, Response
 from runner.api.plugin import ConfError, Plugin
 from runner.compat import shims
-from runner.compat.adapter import apply_mapping, as_bytes, first_values, text
-from runner.compat.legacy import REQUEST_MODULE, RESPONSE_MODULE, LegacyRequest, LegacyResponse
+from runner.compat.adapter import (
+    apply_mapping,
+    as_bytes,
+    classes_defined_in,
+    derives_from,
+    first_values,
+    plugin_class,
+    text,
+)
+from runner.compat.legacy import HTTP_MODULES
 
 BASE_MODULE = "apisix.runner.plugin.base"
 ACTION_STOP, ACTION_REWRITE = 1, 2  # A6.HTTPReqCall.Action
@@ -169,35 +177,20 @@ def _rewrite(req: Request01, resp: Response01, request: Request) -> None:
         request.path = text(resp.path)
 
 
-def _is_base01(obj: Any) -> bool:
-    return isinstance(obj, type) and any(
-        b.__name__ == "Base" and b.__module__ == BASE_MODULE for b in obj.__mro__[1:]
-    )
-
-
 def wrap(base_class: type[Any]) -> type[Base01Plugin]:
     """The :class:`Plugin` class that runs a 0.1 plugin class."""
-    attrs = {
-        "name": base_class.__name__.lower(),
-        "base_class": base_class,
-        "__module__": base_class.__module__,
-    }
-    return cast(type[Base01Plugin], type(f"Base01{base_class.__name__}", (Base01Plugin,), attrs))
+    return plugin_class(
+        Base01Plugin, "Base01", base_class, base_class.__name__.lower(), base_class=base_class
+    )
 
 
 def plugin_classes(module: types.ModuleType) -> Iterator[type[Plugin]]:
     """The wrapped 0.1 plugin classes a plugin module defines."""
-    for obj in list(vars(module).values()):
-        if _is_base01(obj) and obj.__module__ == module.__name__ and "filter" in vars(obj):
-            yield wrap(obj)
+    for cls in classes_defined_in(module):
+        if derives_from(cls, "Base", BASE_MODULE) and "filter" in vars(cls):
+            yield wrap(cls)
 
 
 def install() -> bool:
     """Make ``apisix.runner.plugin.base`` and the http modules importable."""
-    return shims.install(
-        {
-            BASE_MODULE: {"Base": Base},
-            REQUEST_MODULE: {"Request": LegacyRequest},
-            RESPONSE_MODULE: {"Response": LegacyResponse},
-        }
-    )
+    return shims.install({BASE_MODULE: {"Base": Base}, **HTTP_MODULES})

@@ -50,14 +50,21 @@ import json
 import textwrap
 import types
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from runner.api.http import Request as NativeRequest
 from runner.api.http import Response as NativeResponse
 from runner.api.multidict import Args, Headers, MultiDict
 from runner.api.plugin import ConfError, PluginError
 from runner.api.plugin import Plugin as NativePlugin
-from runner.compat.adapter import apply_mapping, as_bytes, body_text, first_values
+from runner.compat.adapter import (
+    apply_mapping,
+    as_bytes,
+    body_text,
+    classes_defined_in,
+    first_values,
+    plugin_class,
+)
 
 FORBIDDEN = 403  # `return False` with nothing set on the response
 _closing: set[asyncio.Task[None]] = set()
@@ -358,18 +365,14 @@ def wrap(cls: type[Plugin], name: str | None = None) -> type[GuidePlugin]:
         raise PluginError(
             f"plugin class {cls.__qualname__} defines neither filter nor filter_async"
         )
-    attrs = {"name": name or _name(cls), "guide_class": cls, "__module__": cls.__module__}
-    return cast(type[GuidePlugin], type(f"Guide{cls.__name__}", (_base(cls),), attrs))
+    return plugin_class(_base(cls), "Guide", cls, name or _name(cls), guide_class=cls)
 
 
 def plugin_classes(module: types.ModuleType) -> Iterator[type[NativePlugin]]:
     """The wrapped guide-style plugin classes a plugin module defines."""
-    for obj in list(vars(module).values()):
-        if (
-            isinstance(obj, type) and issubclass(obj, Plugin) and obj is not Plugin
-            and obj.__module__ == module.__name__
-        ):  # fmt: skip
-            yield wrap(obj)
+    for cls in classes_defined_in(module):
+        if issubclass(cls, Plugin) and cls is not Plugin:
+            yield wrap(cls)
 
 
 def install() -> bool:

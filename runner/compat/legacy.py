@@ -63,13 +63,22 @@ import logging
 import threading
 import types
 from collections.abc import Coroutine, Iterator
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 from runner.api.http import Request, Response
 from runner.api.multidict import Headers, MultiDict
 from runner.api.plugin import ConfError, Plugin, PluginError
 from runner.compat import shims
-from runner.compat.adapter import as_bytes, body_text, first_values, source_mentions, text
+from runner.compat.adapter import (
+    as_bytes,
+    body_text,
+    classes_defined_in,
+    derives_from,
+    first_values,
+    plugin_class,
+    source_mentions,
+    text,
+)
 from runner.ops.logs import LogLimiter
 
 log = logging.getLogger("runner.compat")
@@ -621,28 +630,27 @@ def _wrap(legacy_class: type[Any], name: str) -> type[LegacyPlugin]:
     override = getattr(legacy_class, "run_in_thread", None)
     threaded = override if isinstance(override, bool) else source_mentions(legacy_class, _FETCHES)
     base: type[LegacyPlugin] = _ThreadedLegacyPlugin if threaded else _InlineLegacyPlugin
-    attrs = {"name": name, "legacy_class": legacy_class, "__module__": legacy_class.__module__}
-    return cast(type[LegacyPlugin], type(f"Legacy{legacy_class.__name__}", (base,), attrs))
-
-
-def _is_legacy(obj: Any) -> bool:
-    # By module and name rather than identity, so subclasses of a real
-    # apisix.runner.plugin.core.PluginBase (see install) are recognised too.
-    return isinstance(obj, type) and any(
-        base.__name__ == "PluginBase" and base.__module__ == CORE_MODULE for base in obj.__mro__[1:]
-    )
+    return plugin_class(base, "Legacy", legacy_class, name, legacy_class=legacy_class)
 
 
 def plugin_classes(module: types.ModuleType) -> Iterator[type[Plugin]]:
     """The wrapped old-style plugin classes a plugin module defines."""
-    for obj in list(vars(module).values()):
-        if _is_legacy(obj) and obj.__module__ == module.__name__:
-            name = _legacy_name(obj)
+    for cls in classes_defined_in(module):
+        if derives_from(cls, "PluginBase", CORE_MODULE):
+            name = _legacy_name(cls)
             if name is not None:
-                yield _wrap(obj, name)
+                yield _wrap(cls, name)
 
 
 # --------------------------------------------------------------------------- import paths
+
+
+#: The old runners' http modules (0.1 and 0.2 share their paths; plugins only
+#: name the classes, the runner hands each API its own objects).
+HTTP_MODULES: dict[str, dict[str, Any]] = {
+    REQUEST_MODULE: {"Request": LegacyRequest},
+    RESPONSE_MODULE: {"Response": LegacyResponse},
+}
 
 
 def install() -> bool:
@@ -650,10 +658,4 @@ def install() -> bool:
     ``apisix.runner.http.response`` importable, holding this module's classes
     (see :mod:`runner.compat.shims`). Idempotent; returns whether the shims
     are in place."""
-    return shims.install(
-        {
-            CORE_MODULE: {"PluginBase": PluginBase},
-            REQUEST_MODULE: {"Request": LegacyRequest},
-            RESPONSE_MODULE: {"Response": LegacyResponse},
-        }
-    )
+    return shims.install({CORE_MODULE: {"PluginBase": PluginBase}, **HTTP_MODULES})
