@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -26,13 +25,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.gateway import rig
-from bench.gateway.matrix import wrk_argv
+from bench.gateway.matrix import run_wrk
 
 ROUTES = {
     "stop": ("/py/stop", "stop.lua"),
     "header-rewrite": ("/py/header-rewrite", "header_rewrite.lua"),
 }
-_WRK_JSON = re.compile(r"^WRK_JSON (\{.*\})$", re.MULTILINE)
 _FAILED_RPC = re.compile(
     r"failed to (?:send|receive|connect)[^\n]*RPC|RPC[^\n]*failed", re.IGNORECASE
 )
@@ -90,15 +88,8 @@ def run_once(
     gw = rig.start(workers=None if cycle else workers, runner_config=base)
     try:
         thread = _reloader(gw, reloads, interval, cycle, base)
-        argv = wrk_argv(gw.url(path), script, connections, duration)
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 60, check=False
-        )
+        res = run_wrk(gw.url(path), script, connections, duration)
         thread.join()
-        m = _WRK_JSON.search(out.stdout)
-        if m is None:
-            raise RuntimeError(f"wrk failed:\n{out.stdout}{out.stderr}")
-        res = json.loads(m.group(1))
         log = gw.runner_log_text()
         return Outcome(
             scenario, connections, reloads,

@@ -120,6 +120,10 @@ async def run_hooks(plugins: Mapping[str, Plugin], hook: str) -> None:
 # only, and only for Configs that have an open Struct somewhere.
 
 
+# The msgspec types a JSON array decodes into, one item type for all items.
+_ARRAYS = (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)
+
+
 def _has_open_structs(config: Any) -> bool:
     """Whether a Struct in ``config`` would ignore a key (once per Config type)."""
     try:
@@ -144,7 +148,7 @@ def _open_structs(t: mi.Type, seen: set[type]) -> Iterator[bool]:
         yield not (t.forbid_unknown_fields or t.array_like)
         for field in t.fields:
             yield from _open_structs(field.type, seen)
-    elif isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+    elif isinstance(t, _ARRAYS):
         yield from _open_structs(t.item_type, seen)
     elif isinstance(t, mi.TupleType):
         for item in t.item_types:
@@ -174,15 +178,14 @@ def _unknown_fields(
             elif not t.forbid_unknown_fields and key != t.tag_field:
                 yield path, key, tuple(fields)
     elif isinstance(value, list):
-        if isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+        if isinstance(t, _ARRAYS):
             for i, item in enumerate(value):
                 yield from _unknown_fields(item, t.item_type, f"{path}[{i}]")
         elif isinstance(t, mi.TupleType):
             for i, (item, item_type) in enumerate(zip(value, t.item_types, strict=False)):
                 yield from _unknown_fields(item, item_type, f"{path}[{i}]")
         elif isinstance(t, mi.UnionType):
-            arrays = [m for m in t.types if isinstance(m, (mi.ListType, mi.SetType,
-                      mi.FrozenSetType, mi.VarTupleType, mi.TupleType))]  # fmt: skip
+            arrays = [m for m in t.types if isinstance(m, (*_ARRAYS, mi.TupleType))]
             if len(arrays) == 1:
                 yield from _unknown_fields(value, arrays[0], path)
     elif isinstance(value, dict):
