@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import msgspec
 
+from runner import hotpath
 from runner.api.plugin import Plugin, PluginError
 from runner.settings import Settings, SettingsError, load_settings
 
@@ -55,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"apisix-runner {_version()}")
+    parser.add_argument(
+        "--version", action="version", version=f"apisix-runner {_version()}, {hotpath.describe()}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="serve APISIX on APISIX_LISTEN_ADDRESS")
     _config_arg(start)

@@ -43,7 +43,7 @@ ERR_BAD_REQUEST = build_err(ErrCode.BAD_REQUEST)
 ERR_UNAVAILABLE = build_err(ErrCode.SERVICE_UNAVAILABLE)
 ERR_TOKEN_NOT_FOUND = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
 # Metrics outcome of a call, by the identity of its (shared) error frame.
-OUTCOMES = {
+OUTCOMES: dict[int, str] = {
     id(ERR_BAD_REQUEST): "bad_request",
     id(ERR_UNAVAILABLE): "service_unavailable",
     id(ERR_TOKEN_NOT_FOUND): "conf_token_not_found",
@@ -72,6 +72,8 @@ class ReplyTooLarge(FrameTooLarge):
     def __init__(self, route: str, exc: FrameTooLarge) -> None:
         super().__init__(str(exc))
         self.route = route
+        # What `raise ... from None` means, which the compiled build ignores.
+        self.__suppress_context__ = True
 
 
 class PluginTimeout(Exception):
@@ -114,7 +116,11 @@ def _failed(step: Step, exc: BaseException, outcome: str, seconds: float) -> Non
     if step.stats is not None:
         step.stats.count("skipped" if step.fail_open else outcome, seconds)
     if not step.fail_open:
-        raise PluginFailed(step.name, outcome) from exc
+        failure = PluginFailed(step.name, outcome)
+        # Set by hand, not `raise ... from exc`: compiled (mypyc), `from` is
+        # dropped, and the log line's traceback is the cause's.
+        failure.__cause__ = exc
+        raise failure
     if outcome == "timeout":
         what = f"plugin {step.name!r} missed its deadline; skipped (fail_open)"
         limited.warning(what, "%s", what)

@@ -101,7 +101,11 @@ class Request:
         """The client address as text (IPv4 or IPv6)."""
         return _ip_text(self._src.src_ip)
 
-    remote_addr = src_ip
+    @property
+    def remote_addr(self) -> str:
+        """The same as ``src_ip`` (nginx's name for it). A property of its own,
+        not ``remote_addr = src_ip``: mypyc cannot alias a property."""
+        return _ip_text(self._src.src_ip)
 
     @property
     def path(self) -> str:

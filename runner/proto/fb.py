@@ -91,20 +91,13 @@ class Table:
         )
         self.buf, self.pos, self.size, self.vt, self.vtlen = buf, pos, size, vt, vtlen
 
-    @classmethod
-    def root(cls, buf: memoryview) -> Table:
-        """The root table; ``__init__`` written out (one call less: every
-        message starts here)."""
+    @staticmethod
+    def root(buf: memoryview) -> Table:
+        """The root table (every message starts here)."""
         size = len(buf)
         if size < 8:
             raise DecodeError(_TOO_SHORT.format(size))
-        pos = u32_at(buf, 0)[0]
-        vt, vtlen = _vtable_of(buf, pos, size)
-        n = (vtlen - 4) >> 1
-        t = cls.__new__(cls)
-        t.offs = _u16s_at[n if n < _CACHED_FIELDS else _CACHED_FIELDS](buf, vt + 4)
-        t.buf, t.pos, t.size, t.vt, t.vtlen = buf, pos, size, vt, vtlen
-        return t
+        return Table(buf, u32_at(buf, 0)[0])
 
     def _offset(self, fid: int) -> int:
         """Field ``fid``'s offset from the table (0 when absent)."""

@@ -233,10 +233,10 @@ class Connection(asyncio.BufferedProtocol):
         except DecodeError as exc:
             self._malformed("PrepareConf", exc)
             frame: bytes | bytearray = dispatch.ERR_BAD_REQUEST
-        except ConfError as exc:
+        except ConfError as err:  # a name per except: mypyc types each name once
             # APISIX answers 503 for this route and retries on its next
             # request; the log names key, plugin and field, once per interval.
-            what = f"PrepareConf for route key {key} rejected: {exc}"
+            what = f"PrepareConf for route key {key} rejected: {err}"
             limited.error(what, "%s", what)
             frame = dispatch.ERR_BAD_REQUEST
         else:
@@ -263,8 +263,8 @@ class Connection(asyncio.BufferedProtocol):
             state.inline = True
             try:
                 frame = dispatch.run_req_sync(chain, view, self._ask)
-            except Exception as exc:
-                frame = dispatch.failure_frame(exc, f"request {view.id}", chain.key)
+            except Exception as err:  # not `exc`: mypyc typed that name DecodeError above
+                frame = dispatch.failure_frame(err, f"request {view.id}", chain.key)
             state.inline = False
             if self._metrics is None and self._transport is not None:
                 self._transport.write(frame)  # _reply without metrics: a call less

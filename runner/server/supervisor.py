@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runner import compat
+from runner import compat, hotpath
 from runner.api.discovery import load_plugins, plugin_dirs
 from runner.api.plugin import Plugin, PluginError
 from runner.conf.sharedstore import SqliteBackend
@@ -151,6 +151,11 @@ class Supervisor:
             self._mailbox = Mailbox(self._store_dir)
             self._start_metrics()
             self._install_signals()
+            build = hotpath.describe()
+            if hotpath.build() == "partial":
+                log.warning("%s", build, extra=SUMMARY_LINE)
+            else:
+                log.info("%s", build)
             log.info("listening on %s with %d worker%s", s.socket_path, s.workers,
                      "" if s.workers == 1 else "s", extra=SUMMARY_LINE)  # fmt: skip
             self._spawn_missing()

@@ -1,0 +1,67 @@
+"""The per-call path that the install compiles with mypyc, and how this process runs it.
+
+``pip install .`` (or ``-e .``) compiles these modules to C extensions when
+it can (setup.py): a C compiler and the Python headers are there, and
+``APISIX_RUNNER_PURE_PYTHON`` is not set. The ``.py`` files stay the source
+of truth and the fallback: where no compiler is found the install goes on
+and the same modules run as plain Python, with the same behaviour (the test
+suite runs on both builds). Plugins are never compiled.
+
+setup.py reads this file with ``runpy`` before anything is installed, so it
+imports nothing at module level.
+"""
+
+from __future__ import annotations
+
+#: Compiled together, in this order, as one extension group.
+MODULES = (
+    "runner.proto.fb",
+    "runner.proto.frame",
+    "runner.proto.messages",
+    "runner.api.multidict",
+    "runner.api.http",
+    "runner.api.dispatch",
+    "runner.conf.confstore",
+    "runner.server.conn",
+)
+
+#: Setting this variable to anything but "" or "0" installs the pure-Python build.
+PURE_ENV = "APISIX_RUNNER_PURE_PYTHON"
+
+
+def module_paths() -> list[str]:
+    """The source files of :data:`MODULES`, relative to the project root."""
+    return [name.replace(".", "/") + ".py" for name in MODULES]
+
+
+def compiled_modules() -> list[str]:
+    """The modules of :data:`MODULES` this process imported as extensions."""
+    import importlib
+    import importlib.machinery
+
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return [
+        name
+        for name in MODULES
+        if (getattr(importlib.import_module(name), "__file__", None) or "").endswith(suffixes)
+    ]
+
+
+def build() -> str:
+    """``compiled``, ``pure`` or ``partial`` (some modules compiled, some
+    not: a broken install, named so in the start-up log and ``--version``)."""
+    count = len(compiled_modules())
+    if count == len(MODULES):
+        return "compiled"
+    return "pure" if count == 0 else "partial"
+
+
+def describe() -> str:
+    """One line for ``--version`` and the start-up log."""
+    kind = build()
+    if kind == "compiled":
+        return f"hot path compiled with mypyc ({len(MODULES)} modules)"
+    if kind == "pure":
+        return "hot path in pure Python (no compiled build installed)"
+    missing = sorted(set(MODULES) - set(compiled_modules()))
+    return f"hot path partly compiled: {', '.join(missing)} not compiled; reinstall the runner"

@@ -1,0 +1,88 @@
+"""Build: the per-call path compiled with mypyc where this machine can, pure Python where not.
+
+Everything else about the package is in pyproject.toml. The modules compiled
+are listed in runner/hotpath.py. Any failure to compile (no C compiler, no
+Python headers, mypyc refusing a module) leaves a working pure-Python
+install, and ``apisix-runner --version`` says which build is installed.
+``APISIX_RUNNER_PURE_PYTHON=1 pip install ...`` asks for the pure build.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import runpy
+import sys
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HOTPATH = runpy.run_path(os.path.join("runner", "hotpath.py"))
+GROUP = "runner_hotpath"  # the shared library: runner_hotpath__mypyc.<abi>.so
+
+
+def note(message: str) -> None:
+    print(f"apisix-runner build: {message}", file=sys.stderr)
+
+
+def remove_stale_builds() -> None:
+    """Extensions an earlier in-place build left would shadow the .py files."""
+    for path in HOTPATH["module_paths"]():
+        for built in glob.glob(path[: -len(".py")] + ".*.so"):
+            os.remove(built)
+    for built in glob.glob(f"{GROUP}__mypyc.*.so"):
+        os.remove(built)
+
+
+class OptionalBuildExt(build_ext):
+    """All the compiled modules or none: one that failed to build would leave
+    the others importing a shared library that is not there."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # CompileError, LinkError, no compiler at all
+            note(f"compiling the hot path failed ({exc}); installing the pure-Python build")
+            for ext in self.extensions:
+                for path in (self.get_ext_fullpath(ext.name), self.get_ext_filename(ext.name)):
+                    if os.path.exists(path):
+                        os.remove(path)
+            self.extensions = []
+            remove_stale_builds()
+
+    def get_outputs(self) -> list[str]:
+        return [path for path in super().get_outputs() if os.path.exists(path)]
+
+
+def compiled_extensions() -> list[Any]:
+    if os.environ.get(HOTPATH["PURE_ENV"], "") not in ("", "0"):
+        note(f"{HOTPATH['PURE_ENV']} is set: installing the pure-Python build")
+        remove_stale_builds()
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        note("mypyc is not installed: installing the pure-Python build")
+        return []
+    try:
+        # The runtime dependencies are not in the build environment: the
+        # modules compiled use none of them, and what they import from the
+        # rest of the runner is type-checked without its errors (CI runs
+        # mypy --strict on everything).
+        options = ["--ignore-missing-imports", "--follow-imports=silent"]
+        return list(
+            mypycify(
+                [*options, *HOTPATH["module_paths"]()],
+                opt_level="3",
+                debug_level="0",
+                group_name=GROUP,
+            )
+        )
+    except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
+        note(f"mypyc could not compile the hot path ({exc!r}); installing the pure-Python build")
+        remove_stale_builds()
+        return []
+
+
+setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
