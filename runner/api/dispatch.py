@@ -14,7 +14,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from runner.api.calltask import CallTask
 from runner.api.chain import Chain, Step
@@ -39,11 +39,11 @@ limited = logs.LogLimiter(log)  # per-request failure lines, one kind per plugin
 
 Frame = bytes | bytearray
 
-ERR_BAD_REQUEST = build_err(ErrCode.BAD_REQUEST)
-ERR_UNAVAILABLE = build_err(ErrCode.SERVICE_UNAVAILABLE)
-ERR_TOKEN_NOT_FOUND = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
+ERR_BAD_REQUEST: Final = build_err(ErrCode.BAD_REQUEST)
+ERR_UNAVAILABLE: Final = build_err(ErrCode.SERVICE_UNAVAILABLE)
+ERR_TOKEN_NOT_FOUND: Final = build_err(ErrCode.CONF_TOKEN_NOT_FOUND)
 # Metrics outcome of a call, by the identity of its (shared) error frame.
-OUTCOMES: dict[int, str] = {
+OUTCOMES: Final[dict[int, str]] = {
     id(ERR_BAD_REQUEST): "bad_request",
     id(ERR_UNAVAILABLE): "service_unavailable",
     id(ERR_TOKEN_NOT_FOUND): "conf_token_not_found",
@@ -51,7 +51,7 @@ OUTCOMES: dict[int, str] = {
 
 # Hop-by-hop headers never go back in a post-resp header set (RFC 9110 §7.6.1);
 # APISIX would copy them onto the client response as if end-to-end.
-_HOP_BY_HOP = frozenset(
+_HOP_BY_HOP: Final = frozenset(
     ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
      "upgrade")
 )  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from runner.api.multidict import Args, Headers
 from runner.proto import InfoType
@@ -43,7 +43,7 @@ class RequestSource(Protocol):
 
 #: APISIX's client reads the request headers with ngx.req.get_headers(), which
 #: returns at most this many and drops the rest silently (docs/protocol.md §5.2).
-HEADER_CAP = 100
+HEADER_CAP: Final = 100
 
 
 def _ip_text(packed: bytes) -> str:
@@ -53,7 +53,7 @@ def _ip_text(packed: bytes) -> str:
 
 
 Entries = list[tuple[str, str | None]]  # header or arg changes, as Rewrite entries
-_VAR = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
+_VAR: Final = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
 
 
 async def _cached_var(cache: dict[str, str | None], ask: Ask, name: str) -> str | None:

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Final
 
-_U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_U16 = struct.Struct("<H")
-u32_at = _U32.unpack_from
-_i32_at = _I32.unpack_from
-_u16_at = _U16.unpack_from
-_pack_u32 = _U32.pack
-_pack_u32_into = _U32.pack_into
+_U32: Final = struct.Struct("<I")
+_I32: Final = struct.Struct("<i")
+_U16: Final = struct.Struct("<H")
+_pack_u32: Final = _U32.pack
+_pack_u32_into: Final = _U32.pack_into
 
 TextPairs = list[tuple[str, str | None]]
 
@@ -46,28 +44,80 @@ class DecodeError(ValueError):
 # A table's first field offsets, read from its vtable with one unpack. Every
 # table of the schema has at most 7 fields; a longer vtable (a newer APISIX)
 # has its extra fields read on demand.
-_CACHED_FIELDS = 8
-_u16s_at = tuple(struct.Struct(f"<{n}H").unpack_from for n in range(_CACHED_FIELDS + 1))
-_u16x2_at = _u16s_at[2]
+_CACHED_FIELDS: Final = 8
+_u16s_at: Final = tuple(struct.Struct(f"<{n}H").unpack_from for n in range(_CACHED_FIELDS + 1))
+_u16x2_at: Final = _u16s_at[2]
 # "<{n}I" readers of a vector's offsets, for the usual sizes.
-_u32s_at = tuple(struct.Struct(f"<{n}I").unpack_from for n in range(65))
+_u32s_at: Final = tuple(struct.Struct(f"<{n}I").unpack_from for n in range(65))
 
 
-_TOO_SHORT = "a {}-byte payload is too short for a flatbuffer"
+_TOO_SHORT: Final = "a {}-byte payload is too short for a flatbuffer"
 
 
-def _vtable_of(buf: memoryview, pos: int, size: int) -> tuple[int, int]:
+# Little-endian readers of a ``bytes`` buffer, each returning a 1-tuple as
+# struct's ``unpack_from`` does. Compiled (mypyc), these bodies are a few
+# machine instructions on the bytes object and the tuple is never built; a
+# call into struct costs ~1,000 instructions of argument parsing and buffer
+# protocol. Interpreted, struct's C unpackers are faster than four index
+# operations, so the end of this module rebinds the names to them. Every
+# caller checks ``pos`` against the buffer first, so both behave alike.
+
+
+def u32_at(data: bytes, pos: int) -> tuple[int]:
+    return (data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24,)
+
+
+def _i32_at(data: bytes, pos: int) -> tuple[int]:
+    value = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24
+    return (value - 0x100000000 if value & 0x80000000 else value,)
+
+
+def _u16_at(data: bytes, pos: int) -> tuple[int]:
+    return (data[pos] | data[pos + 1] << 8,)
+
+
+def _u16s(data: bytes, pos: int, count: int) -> tuple[int, ...]:
+    """``count`` consecutive u16 (a vtable's field offsets)."""
+    return tuple([data[p] | data[p + 1] << 8 for p in range(pos, pos + 2 * count, 2)])
+
+
+def _vtable_of(data: bytes, pos: int, size: int) -> tuple[int, int]:
     """(position, size) of the vtable of the table at ``pos``, checked
-    against the buffer: the one gate every table read passes."""
+    against the buffer: the one gate every table read passes. The checks
+    are written out (a call each costs the interpreted build as much)."""
+    if pos < 0 or pos + 4 > size:
+        _check_table(pos, size)
+    vt = pos - _i32_at(data, pos)[0]
+    if vt < 0 or vt + 4 > size:
+        _check_vtable(vt, -1, size)
+    vtlen: int = _u16_at(data, vt)[0]
+    if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
+        _check_vtable(vt, vtlen, size)
+    return vt, vtlen
+
+
+def _view_vtable_of(view: memoryview, pos: int, size: int) -> tuple[int, int]:
+    """``_vtable_of`` for a buffer read in place (struct reads a memoryview)."""
+    _check_table(pos, size)
+    vt = pos - _I32.unpack_from(view, pos)[0]
+    _check_vtable(vt, -1, size)
+    vtlen: int = _U16.unpack_from(view, vt)[0]
+    _check_vtable(vt, vtlen, size)
+    return vt, vtlen
+
+
+def _check_table(pos: int, size: int) -> None:
     if pos < 0 or pos + 4 > size:
         raise DecodeError(f"table offset {pos} outside a {size}-byte buffer")
-    vt = pos - _i32_at(buf, pos)[0]
-    if vt < 0 or vt + 4 > size:
-        raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
-    vtlen: int = _u16_at(buf, vt)[0]
-    if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
+
+
+def _check_vtable(vt: int, vtlen: int, size: int) -> None:
+    """The vtable's position (``vtlen`` -1: not read yet), then its size."""
+    if vtlen < 0:
+        if vt < 0 or vt + 4 > size:
+            raise DecodeError(f"vtable offset {vt} outside a {size}-byte buffer")
+    elif vtlen < 4 or vtlen & 1 or vt + vtlen > size:
         raise DecodeError(f"bad vtable size {vtlen}")
-    return vt, vtlen
 
 
 class Table:
@@ -82,18 +132,23 @@ class Table:
 
     __slots__ = ("buf", "offs", "pos", "size", "vt", "vtlen")
 
-    def __init__(self, buf: memoryview, pos: int) -> None:
+    def __init__(self, buf: bytes, pos: int) -> None:
         size = len(buf)
         vt, vtlen = _vtable_of(buf, pos, size)
         n = (vtlen - 4) >> 1
-        self.offs: tuple[int, ...] = _u16s_at[n if n < _CACHED_FIELDS else _CACHED_FIELDS](
-            buf, vt + 4
-        )
+        self.offs: tuple[int, ...] = _u16s(buf, vt + 4, n if n < _CACHED_FIELDS else _CACHED_FIELDS)
         self.buf, self.pos, self.size, self.vt, self.vtlen = buf, pos, size, vt, vtlen
 
     @staticmethod
-    def root(buf: memoryview) -> Table:
-        """The root table (every message starts here)."""
+    def root(payload: bytes | memoryview) -> Table:
+        """The root table (every message starts here).
+
+        A payload cut from the read buffer is copied once into ``bytes``
+        (an HTTPReqCall is a few KB of path, args and headers; bodies come in
+        ExtraInfo answers, which root_bytes0 reads in place): the table then
+        outlives the read buffer, every string is sliced from it without
+        another copy, and compiled readers index it directly."""
+        buf = payload if isinstance(payload, bytes) else payload.tobytes()
         size = len(buf)
         if size < 8:
             raise DecodeError(_TOO_SHORT.format(size))
@@ -164,7 +219,7 @@ class Table:
             raise DecodeError(f"vector {fid} of {count} elements overruns the buffer")
         return vec + 4, count
 
-    def bytes_view(self, fid: int) -> memoryview | None:
+    def byte_vector(self, fid: int) -> bytes | None:
         start, count = self._vector(fid, 1)
         return None if count < 0 else self.buf[start : start + count]
 
@@ -184,9 +239,8 @@ class Table:
         end = vec + 4 + u32_at(buf, vec)[0]
         if end > size:
             raise DecodeError(f"vector {fid} of {end - vec - 4} elements overruns the buffer")
-        raw = buf[vec + 4 : end].tobytes()
+        raw = buf[vec + 4 : end]
         try:
-            # tobytes().decode() is ~25% faster than str(view, "utf-8"): no codec lookup.
             return raw.decode()
         except UnicodeDecodeError:
             return raw.decode("utf-8", "surrogateescape")  # see _text
@@ -207,15 +261,15 @@ class Table:
         * the vector's offsets are read with one unpack;
         * builders share one vtable between all entries (flatc and APISIX's
           Lua builder do), so a vtable is decoded only when it changes;
-        * strings are sliced from a ``bytes`` copy of the buffer: one copy of
-          the payload, then ``bytes[a:b].decode()`` per string, is cheaper
-          than a memoryview slice, ``tobytes()`` and ``decode()`` each.
+        * strings are sliced from the table's ``bytes`` (see ``root``):
+          ``bytes[a:b].decode()`` per string is cheaper than a memoryview
+          slice, ``tobytes()`` and ``decode()`` each.
 
         Every offset is still checked against the buffer."""
         start, count = self._vector(fid, 4)
         if count <= 0:
             return []
-        data, size = self.buf.tobytes(), self.size
+        data, size = self.buf, self.size
         rels = _u32s_at[count](data, start) if count < len(_u32s_at) else (
             struct.unpack_from(f"<{count}I", data, start))  # fmt: skip
         out: TextPairs = []
@@ -257,31 +311,33 @@ class Table:
 def root_bytes0(buf: memoryview) -> bytes | None:
     """Field 0 of the root table as a ``[ubyte]`` vector (None when absent).
 
-    ``Table.root(buf).bytes_view(0)`` written out with no Table object: every
-    ExtraInfo answer is read here, and it is this message's only field.
-    Same checks as the Table path."""
+    ``Table.root(buf).byte_vector(0)`` written out with no Table object and
+    no copy of the payload: every ExtraInfo answer is read here (a body may
+    be 16 MiB), and it is this message's only field. Same checks as the
+    Table path."""
     size = len(buf)
     if size < 8:
         raise DecodeError(_TOO_SHORT.format(size))
-    pos = u32_at(buf, 0)[0]
-    vt, vtlen = _vtable_of(buf, pos, size)
-    off = _u16_at(buf, vt + 4)[0] if vtlen >= 6 else 0
+    u32 = _U32.unpack_from
+    pos = u32(buf, 0)[0]
+    vt, vtlen = _view_vtable_of(buf, pos, size)
+    off = _U16.unpack_from(buf, vt + 4)[0] if vtlen >= 6 else 0
     if not off:
         return None
     pos += off
     if pos + 4 > size:
         raise DecodeError("field 0 outside the buffer")
-    vec = pos + u32_at(buf, pos)[0]
+    vec = pos + u32(buf, pos)[0]
     if vec + 4 > size:
         raise DecodeError("vector 0 outside the buffer")
-    end = vec + 4 + u32_at(buf, vec)[0]
+    end = vec + 4 + u32(buf, vec)[0]
     if end > size:
         raise DecodeError(f"vector 0 of {end - vec - 4} elements overruns the buffer")
     return buf[vec + 4 : end].tobytes()
 
 
 #: Codec arguments that turn surrogate escapes back into the bytes they stand for.
-ESCAPE = ("utf-8", "surrogateescape")
+ESCAPE: Final = ("utf-8", "surrogateescape")
 
 
 def _text(data: bytes, size: int, field: int) -> str:
@@ -346,17 +402,17 @@ def begin_table(out: bytearray, vt: bytes, body: bytes) -> int:
 
 
 # TextEntry tables: name at +4, value at +8 (or only the name).
-_VT_NAME_VALUE = vtable(4, 8, table_size=12)
-_VT_NAME = vtable(4, table_size=8)
-TEXT_VTABLES = _VT_NAME_VALUE + _VT_NAME  # 16 bytes: both vtables, 4-aligned
-_ENTRY_NV = struct.Struct("<iIII").pack  # soffset, name off, value off, name length
-_ENTRY_N = struct.Struct("<iII").pack  # soffset, name off, name length
+_VT_NAME_VALUE: Final = vtable(4, 8, table_size=12)
+_VT_NAME: Final = vtable(4, table_size=8)
+TEXT_VTABLES: Final = _VT_NAME_VALUE + _VT_NAME  # 16 bytes: both vtables, 4-aligned
+_ENTRY_NV: Final = struct.Struct("<iIII").pack  # soffset, name off, value off, name length
+_ENTRY_N: Final = struct.Struct("<iII").pack  # soffset, name off, name length
 # A vector of one entry: count, offset, then the entry as above.
-_ONE_NV = struct.Struct("<IIiIII").pack
-_ONE_N = struct.Struct("<IIiII").pack
-PADS = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by length % 4
+_ONE_NV: Final = struct.Struct("<IIiIII").pack
+_ONE_N: Final = struct.Struct("<IIiII").pack
+PADS: Final = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by length % 4
 # "<{n}I" packers for a vector's count and offsets, the common sizes precompiled.
-_UVEC = tuple(struct.Struct(f"<{n}I").pack for n in range(1, 34))
+_UVEC: Final = tuple(struct.Struct(f"<{n}I").pack for n in range(1, 34))
 
 
 def text_vector_chunks(
@@ -444,3 +500,17 @@ def write_text_vector(out: bytearray, pairs: Sequence[tuple[str, str | None]]) -
     text_vector_chunks(pairs, vtables + 16, vtables, chunks)
     out += b"".join(chunks)
     return vtables + 16
+
+
+def _struct_u16s(data: bytes, pos: int, count: int) -> tuple[int, ...]:
+    return _u16s_at[count](data, pos)
+
+
+if __file__.endswith(".py"):
+    # Interpreted: struct's C unpackers beat index arithmetic (see u32_at).
+    globals().update(
+        u32_at=_U32.unpack_from,
+        _i32_at=_I32.unpack_from,
+        _u16_at=_U16.unpack_from,
+        _u16s=_struct_u16s,
+    )

@@ -24,15 +24,16 @@ from __future__ import annotations
 import enum
 import mmap
 import struct
+from typing import Final
 
-HEADER_SIZE = 4
-MAX_PAYLOAD = (1 << 24) - 1
-DEFAULT_CHUNK = 64 * 1024
+HEADER_SIZE: Final = 4
+MAX_PAYLOAD: Final = (1 << 24) - 1
+DEFAULT_CHUNK: Final = 64 * 1024
 # Frames up to this size are copied when a consumer keeps them across reads;
 # larger ones keep their buffer and the decoder takes a fresh one.
-_COPY_LIMIT = 4096
+_COPY_LIMIT: Final = 4096
 
-_HEADER = struct.Struct(">I")
+_HEADER: Final = struct.Struct(">I")
 
 
 class RpcType(enum.IntEnum):

@@ -12,7 +12,7 @@ import enum
 import functools
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .fb import (
     ESCAPE,
@@ -63,13 +63,13 @@ class InfoType(enum.IntEnum):
     RESP_BODY = 3
 
 
-METHODS = (
+METHODS: Final = (
     "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
     "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH", "TRACE",
 )  # fmt: skip
 
-_ACTION_STOP = 1
-_ACTION_REWRITE = 2
+_ACTION_STOP: Final = 1
+_ACTION_REWRITE: Final = 2
 
 # --------------------------------------------------------------------------- views
 
@@ -79,7 +79,7 @@ class PrepareConfReq:
 
     __slots__ = ("_t",)
 
-    def __init__(self, payload: memoryview) -> None:
+    def __init__(self, payload: bytes | memoryview) -> None:
         self._t = Table.root(payload)
 
     @property
@@ -98,30 +98,23 @@ class ReqCallView:
 
     __slots__ = ("_t", "conf_token", "id")
 
-    def __init__(self, payload: memoryview) -> None:
-        t = Table.root(payload)
+    def __init__(self, payload: bytes | memoryview) -> None:
+        t = Table.root(payload)  # a copy: the view outlives the read buffer
         self._t = t
         # t.u32(0) and t.u32(6) written out (two method calls less per call).
-        offs, pos, size = t.offs, t.pos, t.size
+        buf, offs, pos, size = t.buf, t.offs, t.pos, t.size
         off = offs[0] if offs else 0
         if off and pos + off + 4 > size:
             raise DecodeError("field 0 outside the buffer")
-        self.id = u32_at(payload, pos + off)[0] if off else 0
+        self.id = u32_at(buf, pos + off)[0] if off else 0
         off = offs[6] if len(offs) > 6 else t._offset(6)
         if off and pos + off + 4 > size:
             raise DecodeError("field 6 outside the buffer")
-        self.conf_token = u32_at(payload, pos + off)[0] if off else 0
-
-    def rebind(self, payload: memoryview) -> None:
-        """Read the fields from ``payload`` from now on: a copy of the same
-        bytes that outlives the read buffer (FrameDecoder.keep). Cheaper than
-        decoding the copy again."""
-        self._t.buf = payload
+        self.conf_token = u32_at(buf, pos + off)[0] if off else 0
 
     @property
     def src_ip(self) -> bytes:
-        view = self._t.bytes_view(1)
-        return b"" if view is None else view.tobytes()
+        return self._t.byte_vector(1) or b""
 
     @property
     def method(self) -> str:
@@ -158,7 +151,7 @@ class RespCallView:
 
     __slots__ = ("_t", "conf_token", "id")
 
-    def __init__(self, payload: memoryview) -> None:
+    def __init__(self, payload: bytes | memoryview) -> None:
         t = Table.root(payload)
         self._t = t
         self.id = t.u32(0)
@@ -192,10 +185,9 @@ class ExtraInfoResp:
 
 # --------------------------------------------------------------------------- builders
 
-_PACK_HEADER = struct.Struct(">I").pack_into
-_PACK_U32 = struct.Struct("<I").pack_into
-_PACK_U16 = struct.Struct("<H").pack_into
-_pack_u32 = struct.Struct("<I").pack
+_PACK_HEADER: Final = struct.Struct(">I").pack_into
+_PACK_U32: Final = struct.Struct("<I").pack_into
+_pack_u32: Final = struct.Struct("<I").pack
 
 
 def _start() -> bytearray:
@@ -242,7 +234,7 @@ def _build_err(code: int) -> bytes:
     return bytes(_finish(out, RpcType.ERR, pos))
 
 
-_ERR_FRAMES: dict[int, bytes] = {c: _build_err(c) for c in ErrCode}
+_ERR_FRAMES: Final[dict[int, bytes]] = {c: _build_err(c) for c in ErrCode}
 
 
 def build_prepare_conf_resp(token: int) -> bytearray:
@@ -251,12 +243,12 @@ def build_prepare_conf_resp(token: int) -> bytearray:
     return _finish(out, RpcType.PREPARE_CONF, pos)
 
 
-_RESP_NONE_VT = vtable(4, table_size=8)
-_RESP_ACTION_VT = vtable(8, 12, 4, table_size=16)
-_STOP_VT = vtable(12, 4, 8, table_size=16)
-_ID_AT = 28  # the request id in every HTTPReqCall.Resp laid out below
-_EMPTY_VECTOR = bytes(4)
-_join = bytearray().join  # one copy of all chunks into a new bytearray
+_RESP_NONE_VT: Final = vtable(4, table_size=8)
+_RESP_ACTION_VT: Final = vtable(8, 12, 4, table_size=16)
+_STOP_VT: Final = vtable(12, 4, 8, table_size=16)
+_ID_AT: Final = 28  # the request id in every HTTPReqCall.Resp laid out below
+_EMPTY_VECTOR: Final = bytes(4)
+_join: Final = bytearray().join  # one copy of all chunks into a new bytearray
 
 
 def _none_template() -> bytes:
@@ -265,14 +257,13 @@ def _none_template() -> bytes:
     return bytes(_finish(out, RpcType.HTTP_REQ_CALL, pos))
 
 
-_NONE_TEMPLATE = _none_template()
-_NONE_ID_AT = len(_NONE_TEMPLATE) - 4
+_NONE_TEMPLATE: Final = _none_template()
+_NONE_ID_AT: Final = len(_NONE_TEMPLATE) - 4
 
 
-def build_req_call_none(req_id: int) -> bytearray:
-    out = bytearray(_NONE_TEMPLATE)  # a complete frame; only the id varies
-    _PACK_U32(out, _NONE_ID_AT, req_id)
-    return out
+def build_req_call_none(req_id: int) -> bytes:
+    # A complete frame; only the id (its last 4 bytes) varies.
+    return _NONE_TEMPLATE[:_NONE_ID_AT] + req_id.to_bytes(4, "little")
 
 
 def _action_prefix(action_type: int) -> tuple[bytearray, int]:
@@ -288,9 +279,11 @@ def _action_prefix(action_type: int) -> tuple[bytearray, int]:
 # Stop and Rewrite replies are built from a template: everything up to the
 # first child (frame header, root offset, Resp vtable and table, the action's
 # vtable and table, and the two TextEntry vtables that all header and arg
-# entries share) is laid out once. A reply is then the template, the children
-# as byte chunks whose positions are computed while they are produced, one
-# join, and a few pack_into: no field-by-field building, no reading back.
+# entries share) is laid out once. A reply is then the template's constant
+# runs, its few variable fields (frame header, id, ...) and the children as
+# byte chunks whose positions are computed while they are produced, and one
+# join: no field-by-field building, no reading back, nothing patched after
+# the join (a pack_into costs the compiled build more than a whole field).
 
 
 def _stop_template() -> tuple[bytes, int]:
@@ -303,39 +296,44 @@ def _stop_template() -> tuple[bytes, int]:
     return bytes(out), stop
 
 
-_STOP_TEMPLATE, _STOP_POS = _stop_template()
-_STATUS_AT, _STOP_BODY_AT = _STOP_POS + 12, _STOP_POS + 8
-_STOP_VTABLES = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
+_STOP_LAYOUT: Final = _stop_template()
+_STOP_TEMPLATE: Final = _STOP_LAYOUT[0]
+_STOP_BODY_AT: Final = _STOP_LAYOUT[1] + 8  # then the status (u16) at + 12
+_STOP_VTABLES: Final = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
+# The template's constant runs between its variable fields.
+_STOP_HEAD: Final = _STOP_TEMPLATE[HEADER_SIZE:_ID_AT]
+_STOP_MID: Final = _STOP_TEMPLATE[_ID_AT + 4 : _STOP_BODY_AT]
+_STOP_TAIL: Final = _STOP_TEMPLATE[_STOP_BODY_AT + 6 :]
 
 
-_REQ_CALL_HI = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs an attribute lookup
-_TOO_LARGE = "the max length of a frame is {} but got {}"
+_REQ_CALL_HI: Final = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs an attribute lookup
+_TOO_LARGE: Final = "the max length of a frame is {} but got {}"
 
 
 def build_req_call_stop(
     req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
 ) -> bytearray:
-    # The hottest builder: template, headers vector, body, four patches.
-    chunks = [_STOP_TEMPLATE]
+    # The hottest builder. Chunks 0 (frame header) and 4 (body offset) are
+    # known once the headers vector is laid out.
+    chunks = [b"", _STOP_HEAD, req_id.to_bytes(4, "little"), _STOP_MID, b"",
+              status.to_bytes(2, "little"), _STOP_TAIL]  # fmt: skip
     if headers:
         pos = text_vector_chunks(headers, len(_STOP_TEMPLATE), _STOP_VTABLES, chunks)
     else:
         chunks.append(_EMPTY_VECTOR)
         pos = len(_STOP_TEMPLATE) + 4
-    chunks += (_pack_u32(len(body)), body)
-    out = _join(chunks)
-    length = len(out) - HEADER_SIZE
+    length = pos + 4 + len(body) - HEADER_SIZE
     if length > MAX_PAYLOAD:
         raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
-    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
-    _PACK_U32(out, _ID_AT, req_id)
-    _PACK_U16(out, _STATUS_AT, status)
-    _PACK_U32(out, _STOP_BODY_AT, pos - _STOP_BODY_AT)
-    return out
+    chunks[0] = (_REQ_CALL_HI | length).to_bytes(4, "big")
+    chunks[4] = (pos - _STOP_BODY_AT).to_bytes(4, "little")
+    chunks += (len(body).to_bytes(4, "little"), body)
+    return _join(chunks)
 
 
 class _RewriteLayout(NamedTuple):
-    template: bytes  # up to the Rewrite table's first offset slot
+    head: bytes  # the template after the frame header, up to the request id
+    tail: bytes  # after the id, up to the Rewrite table's first offset slot
     slot: int  # position of that slot
     vtables: int  # position of TEXT_VTABLES, right after the table
 
@@ -348,14 +346,15 @@ def _rewrite_layout(mask: int) -> _RewriteLayout:
     rewrite = _offsets_table(out, present)
     patch(out, root + 4, rewrite)
     slot = rewrite + 4
-    return _RewriteLayout(bytes(out[:slot]), slot, slot + 4 * sum(present))
+    head, tail = bytes(out[HEADER_SIZE:_ID_AT]), bytes(out[_ID_AT + 4 : slot])
+    return _RewriteLayout(head, tail, slot, slot + 4 * sum(present))
 
 
 # Every one of the 32 shapes, indexed by the mask: a list index, no dict and
 # no tuple of bools to build per reply.
-_REWRITE_LAYOUTS = [_rewrite_layout(mask) for mask in range(32)]
+_REWRITE_LAYOUTS: Final = [_rewrite_layout(mask) for mask in range(32)]
 # "<{n}I" packers for the Rewrite table's n offsets.
-_U32S = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
+_U32S: Final = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
 
 
 def build_req_call_rewrite(
@@ -369,14 +368,13 @@ def build_req_call_rewrite(
     """Rewrite: path (0), headers (1), args (2), resp_headers (3), body (4).
     Empty parts are left out: an absent field is what "unchanged" means.
 
-    The Rewrite table's offsets are a placeholder chunk, filled once the
-    children's positions are known, so nothing is patched after the join
-    but the id and the frame header."""
-    template, slot, vtables = _REWRITE_LAYOUTS[
+    The frame header and the Rewrite table's offsets are placeholder
+    chunks, filled once the children's positions are known."""
+    head, tail, slot, vtables = _REWRITE_LAYOUTS[
         (path is not None) | (2 if headers else 0) | (4 if args else 0)
         | (8 if resp_headers else 0) | (16 if body else 0)
     ]  # fmt: skip
-    chunks = [template, b"", TEXT_VTABLES]
+    chunks = [b"", head, req_id.to_bytes(4, "little"), tail, b"", TEXT_VTABLES]
     pos = vtables + len(TEXT_VTABLES)
     offsets: list[int] = []
     if path is not None:
@@ -395,14 +393,13 @@ def build_req_call_rewrite(
     if body:
         offsets.append(pos - slot - 4 * len(offsets))
         chunks += (_pack_u32(len(body)), body)
-    chunks[1] = _U32S[len(offsets)](*offsets)
-    out = _join(chunks)
-    length = len(out) - HEADER_SIZE
+        pos += 4 + len(body)
+    length = pos - HEADER_SIZE
     if length > MAX_PAYLOAD:
         raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
-    _PACK_HEADER(out, 0, _REQ_CALL_HI | length)
-    _PACK_U32(out, _ID_AT, req_id)
-    return out
+    chunks[0] = (_REQ_CALL_HI | length).to_bytes(4, "big")
+    chunks[4] = _U32S[len(offsets)](*offsets)
+    return _join(chunks)
 
 
 class _RespCallLayout(NamedTuple):
@@ -428,9 +425,9 @@ def _resp_call_layout(has_headers: bool, has_body: bool) -> _RespCallLayout:
 
 
 # By (headers present) + 2 * (body present).
-_RESP_CALL_LAYOUTS = [_resp_call_layout(bool(m & 1), bool(m & 2)) for m in range(4)]
-_RESP_CALL_HI = int(RpcType.HTTP_RESP_CALL) << 24
-_PACK_ID_STATUS = struct.Struct("<IH").pack_into
+_RESP_CALL_LAYOUTS: Final = [_resp_call_layout(bool(m & 1), bool(m & 2)) for m in range(4)]
+_RESP_CALL_HI: Final = int(RpcType.HTTP_RESP_CALL) << 24
+_PACK_ID_STATUS: Final = struct.Struct("<IH").pack_into
 
 
 def build_resp_call_resp(
@@ -477,15 +474,15 @@ def _build_extra_info(info_type: int, name: str | None) -> bytearray:
     return _finish(out, RpcType.EXTRA_INFO, pos)
 
 
-_EXTRA_REQ_BODY = bytes(_build_extra_info(InfoType.REQ_BODY, None))
-_EXTRA_RESP_BODY = bytes(_build_extra_info(InfoType.RESP_BODY, None))
+_EXTRA_REQ_BODY: Final = bytes(_build_extra_info(InfoType.REQ_BODY, None))
+_EXTRA_RESP_BODY: Final = bytes(_build_extra_info(InfoType.RESP_BODY, None))
 
 
 # ExtraInfo Var requests by name: a plugin asks for the same few variables on
 # every call, and the frame depends on nothing else. Bounded, in case a plugin
 # asks for names made up per request.
-_VAR_FRAMES: dict[str, bytes] = {}
-_VAR_FRAMES_MAX = 1024
+_VAR_FRAMES: Final[dict[str, bytes]] = {}
+_VAR_FRAMES_MAX: Final = 1024
 
 
 def build_extra_info(info_type: int, name: str | None = None) -> bytes | bytearray:

@@ -23,7 +23,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from runner.api import dispatch
 from runner.api.calltask import CallTask
@@ -49,11 +49,11 @@ log = logging.getLogger("runner.conn")
 limited = LogLimiter(log)
 
 # RPC names in metrics.
-PREPARE_CONF = RPC_NAMES[RpcType.PREPARE_CONF]
-REQ_CALL = RPC_NAMES[RpcType.HTTP_REQ_CALL]
-RESP_CALL = RPC_NAMES[RpcType.HTTP_RESP_CALL]
-_EXTRA_INFO = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
-_OUTCOMES = dispatch.OUTCOMES
+PREPARE_CONF: Final = RPC_NAMES[RpcType.PREPARE_CONF]
+REQ_CALL: Final = RPC_NAMES[RpcType.HTTP_REQ_CALL]
+RESP_CALL: Final = RPC_NAMES[RpcType.HTTP_RESP_CALL]
+_EXTRA_INFO: Final = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
+_OUTCOMES: Final = dispatch.OUTCOMES
 
 
 class ServerState:
@@ -255,7 +255,6 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(REQ_CALL, self._not_found(), t0)
         elif chain.req_async:
-            view.rebind(self._decoder.keep(payload))
             self._start(dispatch.run_req_async(chain, view, self._ask), view.id, REQ_CALL, t0)
         else:
             state = self._state
@@ -274,7 +273,7 @@ class Connection(asyncio.BufferedProtocol):
     def _resp_call(self, payload: memoryview) -> None:
         t0 = perf_counter() if self._metrics is not None else 0.0
         try:
-            view = RespCallView(self._decoder.keep(payload))
+            view = RespCallView(payload)  # a copy of its own (Table.root)
             view.validate()
         except DecodeError as exc:
             self._malformed("HTTPRespCall", exc)
