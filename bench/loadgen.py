@@ -931,26 +931,41 @@ class Workload:
     connections: int = 16
     cpu_target_us: float | None = None  # runner CPU per request, at most
     tail_target: float | None = None  # p99 / p50, at most
+    # Runner CPU per request at most this many times a bare-loop floor row's,
+    # measured in the same run (the absolute target applies with --no-floor).
+    floor_target: tuple[str, float] | None = None
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("stop", "`stop` plugin", (("stop", '{"body":"hello"}'),), cpu_target_us=7.5),
+        Workload(
+            "stop",
+            "`stop` plugin",
+            (("stop", '{"body":"hello"}'),),
+            cpu_target_us=7.5,
+            floor_target=("floor-stop", 1.15),
+        ),
         Workload(
             "rewrite",
             "`bench-rewrite`: 2 headers + 1 arg, values computed per request",
             (("bench-rewrite", "{}"),),
             cpu_target_us=12.0,
+            floor_target=("floor-stop", 1.6),
         ),
         Workload(
             "var-stop",
             "`bench-var-stop`: 1 var through ExtraInfo, then stop",
             (("bench-var-stop", '{"var":"remote_addr"}'),),
             cpu_target_us=13.0,
+            floor_target=("floor-var", 1.15),
         ),
         Workload(
-            "noop3", "chain of 3 `bench-noop`", (("bench-noop", "{}"),) * 3, cpu_target_us=8.0
+            "noop3",
+            "chain of 3 `bench-noop`",
+            (("bench-noop", "{}"),) * 3,
+            cpu_target_us=8.0,
+            floor_target=("floor-stop", 1.2),
         ),
         Workload(
             "stop-64",
@@ -1087,6 +1102,7 @@ class Row:
     runs: list[Result]
     value: float | None = None  # the median of the checked figure
     passed: bool | None = None  # None: informational (no target)
+    floor_ratio: float | None = None  # runner CPU per request / its floor row's
 
     def median(self, get: Any) -> float | None:
         values = [v for v in (get(r) for r in self.runs) if v is not None]
@@ -1113,20 +1129,35 @@ def _workload_options(w: Workload, s: SuiteOptions) -> Options:
     )
 
 
+def _target_text(w: Workload, floor: bool) -> str:
+    if w.floor_target is not None and floor:
+        name, ratio = w.floor_target
+        return f"<= {ratio:g}x {name}"
+    if w.cpu_target_us is not None:
+        return f"<= {w.cpu_target_us:g} us/req"
+    return f"p99 <= {w.tail_target:g}x p50"
+
+
+def _judge(row: Row, w: Workload, floors: dict[str, Row]) -> None:
+    """The row's value (what its target is about) and whether it passed."""
+    floor = floors[w.floor_target[0]].value if w.floor_target is not None else None
+    cpu = row.median(_cpu)
+    if w.floor_target is not None and floor:
+        row.value = cpu
+        row.floor_ratio = None if cpu is None else cpu / floor
+        row.passed = row.floor_ratio is not None and row.floor_ratio <= w.floor_target[1]
+    elif w.cpu_target_us is not None:
+        row.value = cpu
+        row.passed = cpu is not None and cpu <= w.cpu_target_us
+    elif w.tail_target is not None:
+        row.value = row.median(_tail_ratio)
+        row.passed = row.value is not None and row.value <= w.tail_target
+
+
 def run_suite(s: SuiteOptions) -> dict[str, Any]:
     """Run the target table; returns it as JSON-ready data (see format_suite)."""
     workloads = [WORKLOADS[name] for name in s.workloads]
-    rows = {
-        w.name: Row(
-            w.name,
-            w.what,
-            f"<= {w.cpu_target_us:g} us/req"
-            if w.cpu_target_us
-            else f"p99 <= {w.tail_target:g}x p50",
-            [],
-        )
-        for w in workloads
-    }
+    rows = {w.name: Row(w.name, w.what, _target_text(w, s.floor), []) for w in workloads}
     floors = {
         "floor-stop": Row("floor-stop", "bare uvloop server, precomputed Stop", "(reference)", []),
         "floor-var": Row("floor-var", "bare uvloop server, 1 ExtraInfo + Stop", "(reference)", []),
@@ -1161,16 +1192,10 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
             progress.step(f"round {rnd + 1}/{s.rounds}: PrepareConf x {s.prepare_count}")
             prepares.append(measure_prepare(path, (pid,), conf50, s.prepare_count))
         after_prepares = {str(p): rss_mib(p) for p in workers}
-    for w in workloads:
-        row = rows[w.name]
-        if w.cpu_target_us is not None:
-            row.value = row.median(_cpu)
-            row.passed = row.value is not None and row.value <= w.cpu_target_us
-        elif w.tail_target is not None:
-            row.value = row.median(_tail_ratio)
-            row.passed = row.value is not None and row.value <= w.tail_target
     for row in floors.values():
         row.value = row.median(_cpu)
+    for w in workloads:
+        _judge(rows[w.name], w, floors)
     p99s = [p.latency_us["p99"] for p in prepares]
     rss = max((m.get("vmrss", 0.0) for m in memory.values()), default=0.0)
     return {
@@ -1223,6 +1248,7 @@ def _row_json(row: Row) -> dict[str, Any]:
         "what": row.what,
         "target": row.target,
         "value": row.value,
+        "floor_ratio": row.floor_ratio,
         "passed": row.passed,
         "median": {
             "runner_cpu_us_per_req": row.median(_cpu),
@@ -1259,6 +1285,8 @@ def format_suite(data: dict[str, Any]) -> str:
         if row["name"] == "stop-64":
             ratio = row["value"]
             shown += f" (p99/p50 {num(ratio, '.2f')})"
+        elif row.get("floor_ratio") is not None:
+            shown += f" ({row['floor_ratio']:.2f}x)"
         errors = sum(sum(r["errors"].values()) for r in row["runs"])
         what = row["what"] + (f" ({errors} errors)" if errors else "")
         lines.append(

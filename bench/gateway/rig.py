@@ -289,6 +289,21 @@ class Rig:
         if self.workers is not None:  # else config.yaml's `workers`, re-read on SIGHUP
             argv += ["--workers", str(self.workers)]
         argv += ["--foreground"]
+        self._spawn_runner(argv, env, n)
+
+    def start_runner_command(self, argv: Sequence[str]) -> None:
+        """Start ``argv`` as the runner instead of ours (e.g. ``python -m
+        bench.fake_runner SOCKET``): it must listen on ``runner_socket``; waits
+        until it accepts. ``stop_runner`` stops it."""
+        if self.runner is not None and self.runner.poll() is None:
+            raise RigError("the runner is already running")
+        n = self._runner_starts
+        self._runner_starts += 1
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        self._spawn_runner(list(argv), env, n)
+
+    def _spawn_runner(self, argv: list[str], env: dict[str, str], n: int) -> None:
         with open(self.prefix / f"runner-{n}.log", "wb") as log:
             self.runner = subprocess.Popen(
                 argv,

@@ -1,0 +1,111 @@
+"""Instructions per call, and where they go: the hot path measured by valgrind.
+
+Wall-clock and CPU-time figures on a shared machine drift by 10-40% within
+minutes; an instruction count does not. This runs the in-process harness
+(bench/micro/harness.py: a worker's Connection, a fake transport, the load
+generator's realistic frame) under ``valgrind --tool=callgrind`` twice, with
+N and 2N calls, and divides the difference by N: start-up, imports and
+warm-up cancel out, and what is left is one call's instructions, in total
+and per function (the compiled build's functions are its C symbols,
+``CPyDef_<module>___<function>``).
+
+    python -m bench.micro.icount WORKLOAD [WORKLOAD ...] [--calls 2000] [--top 25]
+
+Needs valgrind (Debian: ``apt-get install valgrind``). An instruction is not a
+nanosecond (cache misses and branch mispredictions cost more), but fewer
+instructions for the same work is the direction a change must go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.micro.harness import WORKLOADS
+
+ROOT = Path(__file__).resolve().parents[2]
+_LINE = re.compile(r"\s*([\d,]+) \([^)]*\)\s+(.*)$")
+
+
+def _run(workload: str, calls: int, out: Path) -> None:
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+            "-m", "bench.micro.harness", workload, "--calls", str(calls)]  # fmt: skip
+    subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+
+
+def _costs(path: Path, inclusive: bool) -> dict[str, int]:
+    """Instructions by function (``file:function`` shortened to its last part)."""
+    argv = ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+            "--threshold=100", str(path)]  # fmt: skip
+    text = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return parse_annotate(text)
+
+
+def parse_annotate(text: str) -> dict[str, int]:
+    costs: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            name = re.sub(r"\s*\[.*\]\s*$", "", m.group(2)).rsplit("/", 1)[-1]
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def per_call(small: dict[str, int], large: dict[str, int], calls: int) -> dict[str, float]:
+    """Each function's instructions per call: (2N-call run - N-call run) / N."""
+    return {name: (large[name] - small.get(name, 0)) / calls for name in large}
+
+
+def _table(costs: dict[str, float], top: int, title: str) -> list[str]:
+    rows = sorted(((v, k) for k, v in costs.items() if k != "PROGRAM TOTALS"), reverse=True)
+    lines = [f"  {title}:"]
+    lines += [f"  {v:10,.0f}  {k[:100]}" for v, k in rows[:top] if v >= 1]
+    return lines
+
+
+def measure(workload: str, calls: int, top: int) -> list[str]:
+    # The harness's warm-up is min(calls, 2000), so with calls >= 2000 both
+    # runs warm up alike and differ by exactly 5 x calls (it runs 5 rounds).
+    with tempfile.TemporaryDirectory() as tmp:
+        small, large = Path(tmp, "n"), Path(tmp, "2n")
+        _run(workload, calls, small)
+        _run(workload, 2 * calls, large)
+        n = 5 * calls
+        self_cost = per_call(_costs(small, False), _costs(large, False), n)
+        inclusive = per_call(_costs(small, True), _costs(large, True), n)
+    lines = [f"{workload}: {self_cost['PROGRAM TOTALS']:,.0f} instructions per call"]
+    # Inclusive costs of the interpreter's frames say nothing (everything runs
+    # under them); the compiled build's functions are what a tree shows.
+    compiled = {k: v for k, v in inclusive.items() if "CPyDef_" in k}
+    if compiled:
+        lines += _table(compiled, top, "compiled functions, inclusive (with what they call)")
+    lines += _table(self_cost, top, "self (the function's own instructions)")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("workloads", nargs="+", choices=sorted(WORKLOADS), metavar="WORKLOAD")
+    p.add_argument("--calls", type=int, default=2000, help="N (at least 2000)")
+    p.add_argument("--top", type=int, default=25, help="functions shown per table")
+    a = p.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    if a.calls < 2000:
+        p.error("--calls must be at least 2000 (the harness warms up with 2000 calls)")
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in both runs
+    for workload in a.workloads:
+        print("\n".join(measure(workload, a.calls, a.top)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
