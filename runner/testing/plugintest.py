@@ -97,6 +97,22 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
+async def _open_sockets_closed(timeout: float = 0.5) -> None:
+    """Let the connections plugins closed at shutdown finish closing before the
+    test's event loop goes: a TLS close takes a round trip with the peer (a
+    refused Redis login, say), and a loop closed under it leaves the socket to
+    the garbage collector, which warns (ResourceWarning). A worker's loop
+    outlives its connections; a test's does not. Bounded by ``timeout``."""
+    loop = asyncio.get_running_loop()
+    # asyncio's selector loops keep fd -> transport; uvloop has no such table.
+    transports = getattr(loop, "_transports", None)
+    deadline = loop.time() + timeout
+    while transports and loop.time() < deadline:
+        if all(getattr(t, "_sock", None) is None for t in list(transports.values())):
+            return
+        await asyncio.sleep(0.005)
+
+
 class PluginTester:
     """Runs plugin chains in-process, exactly as a worker would.
 
@@ -144,6 +160,7 @@ class PluginTester:
         assert self._runner is not None
         try:
             self._runner.run(self.ashutdown())
+            self._runner.run(_open_sockets_closed())
         finally:
             self._runner.close()
             self._runner = None
