@@ -60,3 +60,29 @@ def test_setup_reads_the_module_list_without_importing_the_runner() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert int(out.stdout) == len(hotpath.MODULES)
+
+
+def test_asking_for_the_pure_build_removes_stale_compiled_modules(tmp_path: Path) -> None:
+    # An earlier in-place build's extensions would shadow the .py files and
+    # run compiled code in a "pure" install; setup.py removes them first.
+    (tmp_path / "runner").mkdir()
+    (tmp_path / "runner" / "hotpath.py").write_text((ROOT / "runner" / "hotpath.py").read_text())
+    stale = []
+    for path in hotpath.module_paths():
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+        built = target.with_name(target.stem + ".cpython-311-x86_64-linux-gnu.so")
+        built.write_bytes(b"stale")
+        stale.append(built)
+    group = tmp_path / "runner_hotpath__mypyc.cpython-311-x86_64-linux-gnu.so"
+    group.write_bytes(b"stale")
+    (tmp_path / "setup.py").write_text((ROOT / "setup.py").read_text())
+    env = {**os.environ, hotpath.PURE_ENV: "1"}
+    out = subprocess.run(
+        [sys.executable, "setup.py", "--name"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert "installing the pure-Python build" in out.stderr
+    assert not any(p.exists() for p in [*stale, group])
+    assert all((tmp_path / path).exists() for path in hotpath.module_paths())
