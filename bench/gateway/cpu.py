@@ -45,12 +45,12 @@ from typing import Any
 
 from bench.gateway import rig
 from bench.gateway.matrix import (
-    PLUGINS_DIR,
     SCENARIOS,
     WRK_OVERHEAD_S,
     Scenario,
     check_route,
     run_wrk,
+    select_scenarios,
 )
 from bench.loadgen import RunProgress, cpu_seconds, cpu_ticks, descendants
 
@@ -248,18 +248,6 @@ NOTES = (
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def select_scenarios(names: Sequence[str]) -> list[Scenario]:
-    chosen = []
-    for s in SCENARIOS:
-        if s.name not in names:
-            continue
-        if s.requires and not (PLUGINS_DIR / s.requires).exists():
-            print(f"skipping {s.name}: plugins/{s.requires} does not exist", file=sys.stderr)
-            continue
-        chosen.append(s)
-    return chosen
 
 
 def _parser() -> argparse.ArgumentParser:

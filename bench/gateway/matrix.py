@@ -260,20 +260,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def select_scenarios(names: Sequence[str] | None) -> list[Scenario]:
+    """The scenarios named (all when None) whose bundled plugin is there."""
+    chosen = []
+    for s in SCENARIOS:
+        if names and s.name not in names:
+            continue
+        if s.requires and not (PLUGINS_DIR / s.requires).exists():
+            print(f"skipping {s.name}: plugins/{s.requires} does not exist", file=sys.stderr)
+            continue
+        chosen.append(s)
+    return chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench.gateway.matrix: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
     conns = [int(c) for c in args.connections.split(",")]
-    scenarios = []
-    for s in SCENARIOS:
-        if args.scenario and s.name not in args.scenario:
-            continue
-        if s.requires and not (PLUGINS_DIR / s.requires).exists():
-            print(f"skipping {s.name}: plugins/{s.requires} does not exist", file=sys.stderr)
-            continue
-        scenarios.append(s)
+    scenarios = select_scenarios(args.scenario)
 
     try:
         gw = rig.start(workers=args.workers, nginx_workers=args.nginx_workers)
