@@ -257,13 +257,12 @@ def _none_template() -> bytes:
     return bytes(_finish(out, RpcType.HTTP_REQ_CALL, pos))
 
 
-_NONE_TEMPLATE: Final = _none_template()
-_NONE_ID_AT: Final = len(_NONE_TEMPLATE) - 4
+# A complete frame but for the id, its last 4 bytes.
+_NONE_HEAD: Final = _none_template()[:-4]
 
 
 def build_req_call_none(req_id: int) -> bytes:
-    # A complete frame; only the id (its last 4 bytes) varies.
-    return _NONE_TEMPLATE[:_NONE_ID_AT] + req_id.to_bytes(4, "little")
+    return _NONE_HEAD + req_id.to_bytes(4, "little")
 
 
 def _action_prefix(action_type: int) -> tuple[bytearray, int]:
