@@ -29,9 +29,6 @@ from typing import Final
 HEADER_SIZE: Final = 4
 MAX_PAYLOAD: Final = (1 << 24) - 1
 DEFAULT_CHUNK: Final = 64 * 1024
-# Frames up to this size are copied when a consumer keeps them across reads;
-# larger ones keep their buffer and the decoder takes a fresh one.
-_COPY_LIMIT: Final = 4096
 
 _HEADER: Final = struct.Struct(">I")
 
@@ -62,8 +59,9 @@ class FrameDecoder:
     """Splits a byte stream into ``(type, payload view)`` frames, zero-copy.
 
     Views returned by :meth:`next_frame` stay valid until the next
-    :meth:`get_buffer` call, which may reuse the memory. A consumer that needs a
-    frame longer (an async call waiting for ExtraInfo) calls :meth:`keep`.
+    :meth:`get_buffer` call, which may reuse the memory. A consumer that needs
+    the bytes longer copies them: the message views do, once, when they are
+    decoded (``fb.Table.root``), so an async call outlives the read buffer.
     """
 
     __slots__ = ("_big", "_big_fill", "_big_type", "_buf", "_chunk", "_end", "_mv", "_start")
@@ -126,16 +124,6 @@ class FrameDecoder:
             return HEADER_SIZE + self._big_fill
         return self._end - self._start
 
-    def keep(self, view: memoryview) -> memoryview:
-        """Make a frame view outlive the next read. Small frames are copied;
-        for a large one the decoder gives up its buffer and takes a new one."""
-        if view.obj is not self._buf:
-            return view  # a frame with a buffer of its own
-        if len(view) <= _COPY_LIMIT:
-            return memoryview(bytes(view))
-        self._detach()
-        return view
-
     def _start_big(self, rpc_type: int, length: int) -> None:
         # The header said more than the chunk holds: give the frame a buffer of
         # its exact size and move what already arrived of it there. An
@@ -151,10 +139,3 @@ class FrameDecoder:
         tail = self._end - self._start
         self._buf[:tail] = self._mv[self._start : self._end]
         self._start, self._end = 0, tail
-
-    def _detach(self) -> None:
-        old = self._mv[self._start : self._end]
-        self._buf = bytearray(self._chunk)
-        self._mv = memoryview(self._buf)
-        self._buf[: len(old)] = old
-        self._start, self._end = 0, len(old)

@@ -1,7 +1,8 @@
 """Views of the messages APISIX sends and builders of the runner's replies.
 
 Schema: ext-plugin-proto v0.6.1 (``ext-plugin.fbs`` beside this file, docs/protocol.md §3).
-Views decode a field on first access and keep nothing but the buffer view.
+Views decode a field on first access and keep nothing but the payload, copied once
+into ``bytes`` (``fb.Table.root``), so they outlive the read buffer.
 Builders return complete frames, header included, so the transport writes
 one ``bytes``-like object per reply.
 """

@@ -164,14 +164,10 @@ def reference_split(stream: bytes) -> tuple[list[tuple[int, bytes]], int]:
     return frames, len(stream) - pos
 
 
-def feed(
-    decoder: FrameDecoder, stream: bytes, cuts: list[int], keep: bool
-) -> list[tuple[int, bytes]]:
+def feed(decoder: FrameDecoder, stream: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
     """Deliver ``stream`` in reads ending at ``cuts`` (each read also limited
-    by the buffer the decoder offers), collecting frames as a transport does.
-    With ``keep``, frame views are kept across reads (as async calls do)."""
+    by the buffer the decoder offers), collecting frames as a transport does."""
     out: list[tuple[int, bytes]] = []
-    kept: list[tuple[int, memoryview, bytes]] = []
     pos = 0
     for end in [*sorted(set(cuts)), len(stream)]:
         while pos < end:
@@ -183,11 +179,7 @@ def feed(
             pos += n
             while (frame := decoder.next_frame()) is not None:
                 rpc, view = frame
-                if keep:
-                    kept.append((rpc, decoder.keep(view), bytes(view)))
                 out.append((rpc, bytes(view)))
-    for rpc, view, copy in kept:
-        assert (rpc, bytes(view)) == (rpc, copy), "a kept frame changed after later reads"
     return out
 
 
@@ -199,13 +191,12 @@ def feed(
     stream=st.binary(max_size=600),
     cuts=st.lists(st.integers(0, 600), max_size=8),
     chunk=st.sampled_from([8, 16, 64, 4096]),
-    keep=st.booleans(),
 )
 def test_decoder_splits_any_stream_like_the_reference(
-    stream: bytes, cuts: list[int], chunk: int, keep: bool
+    stream: bytes, cuts: list[int], chunk: int
 ) -> None:
     decoder = FrameDecoder(chunk=chunk)
-    frames = feed(decoder, stream, [c for c in cuts if c <= len(stream)], keep)
+    frames = feed(decoder, stream, [c for c in cuts if c <= len(stream)])
     expected, left = reference_split(stream)
     assert frames == expected
     assert decoder.pending() == left
@@ -218,15 +209,14 @@ def test_decoder_splits_any_stream_like_the_reference(
     ),
     cuts=st.lists(st.integers(0, 2000), max_size=10),
     chunk=st.sampled_from([8, 32, 256, 65536]),
-    keep=st.booleans(),
 )
 def test_encoded_frames_round_trip_in_any_reads(
-    frames: list[tuple[int, bytes]], cuts: list[int], chunk: int, keep: bool
+    frames: list[tuple[int, bytes]], cuts: list[int], chunk: int
 ) -> None:
     stream = b"".join(encode_frame(rpc, payload) for rpc, payload in frames)
     assert stream == b"".join(testing.encode_frame(rpc, payload) for rpc, payload in frames)
     decoder = FrameDecoder(chunk=chunk)
-    assert feed(decoder, stream, [c for c in cuts if c <= len(stream)], keep) == frames
+    assert feed(decoder, stream, [c for c in cuts if c <= len(stream)]) == frames
     assert decoder.pending() == 0
 
 
@@ -262,7 +252,7 @@ def test_mutated_frames_through_the_decoder(case: tuple[int, bytes], cut: int, c
     rpc, payload = case
     stream = encode_frame(rpc, payload) + encode_frame(rpc, payload[::-1])
     decoder = FrameDecoder(chunk=chunk)
-    frames = feed(decoder, stream, [min(cut, len(stream))], keep=False)
+    frames = feed(decoder, stream, [min(cut, len(stream))])
     assert [p for _, p in frames] == [payload, payload[::-1]]
     decoder = FrameDecoder(chunk=chunk)
     buf = decoder.get_buffer()
@@ -320,7 +310,7 @@ def test_extra_info_resp_round_trip(result: bytes | None) -> None:
 
 def split_one(frame: bytes | bytearray) -> tuple[int, bytes]:
     decoder = FrameDecoder()
-    frames = feed(decoder, bytes(frame), [], keep=False)
+    frames = feed(decoder, bytes(frame), [])
     assert len(frames) == 1 and decoder.pending() == 0
     return frames[0]
 
