@@ -47,10 +47,11 @@ def compiled_modules() -> list[str]:
     ]
 
 
-def build() -> str:
+def build(compiled: list[str] | None = None) -> str:
     """``compiled``, ``pure`` or ``partial`` (some modules compiled, some
-    not: a broken install, named so in the start-up log and ``--version``)."""
-    count = len(compiled_modules())
+    not: a broken install, named so in the start-up log and ``--version``).
+    ``compiled``: compiled_modules(), where the caller has it already."""
+    count = len(compiled_modules() if compiled is None else compiled)
     if count == len(MODULES):
         return "compiled"
     return "pure" if count == 0 else "partial"
@@ -58,10 +59,11 @@ def build() -> str:
 
 def describe() -> str:
     """One line for ``--version`` and the start-up log."""
-    kind = build()
+    compiled = compiled_modules()
+    kind = build(compiled)
     if kind == "compiled":
         return f"hot path compiled with mypyc ({len(MODULES)} modules)"
     if kind == "pure":
         return "hot path in pure Python (no compiled build installed)"
-    missing = sorted(set(MODULES) - set(compiled_modules()))
+    missing = sorted(set(MODULES) - set(compiled))
     return f"hot path partly compiled: {', '.join(missing)} not compiled; reinstall the runner"
