@@ -20,6 +20,7 @@ MODULES = (
     "runner.proto.messages",
     "runner.api.multidict",
     "runner.api.http",
+    "runner.api.chain",
     "runner.api.dispatch",
     "runner.conf.confstore",
     "runner.server.conn",

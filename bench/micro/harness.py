@@ -30,7 +30,7 @@ from typing import Any
 
 import uvloop
 
-from bench import loadgen
+from bench import fake_runner, loadgen
 from runner.api.discovery import bundled_plugins_dir, load_plugins
 from runner.api.plugin import Plugin
 from runner.compat import ADAPTERS
@@ -47,6 +47,9 @@ WORKLOADS["rewrite-static"] = (
     ("rewrite", '{"headers":{"X-A":"1","X-B":"2"},"args":{"lang":"en"}}'),
 )
 VARS = loadgen.SUITE_VARS
+# The bare-loop references of the target table (bench/fake_runner.py's
+# connection, fed the same way): what a call costs with no runner work at all.
+FLOORS: dict[str, str | None] = {"floor-stop": None, "floor-var": "remote_addr"}
 
 
 class MemoryBackend:
@@ -105,12 +108,17 @@ class FakeTransport:
 class InProcess:
     """One connection of a worker, fed from memory."""
 
+    conn: Connection | fake_runner.FakeConn
+
     def __init__(self, conf: tuple[tuple[str, str], ...], body_size: int = 0) -> None:
         self.store = new_store()
         token = self.store.prepare(loadgen.PREPARE_KEY, conf)
         self.call = loadgen.build_call(loadgen.realistic_request(body_size), token)
         self.answers = loadgen.ExtraInfoAnswers(VARS, body_size)
         self.conn = Connection(ServerState(self.store, call_timeout=10.0))
+        self._start()
+
+    def _start(self) -> None:
         self.conn.connection_made(FakeTransport(self._on_write))  # type: ignore[arg-type]
         self.replies = 0
         self.last_reply = b""
@@ -156,6 +164,25 @@ class InProcess:
         self.done = None
 
 
+class FloorInProcess(InProcess):
+    """The bare-loop reference (bench/fake_runner.py), fed like the runner."""
+
+    def __init__(self, extra_var: str | None) -> None:
+        self.store = new_store()
+        self.call = loadgen.build_call(loadgen.realistic_request(0), 1)
+        self.answers = loadgen.ExtraInfoAnswers(VARS, 0)
+        self.conn = fake_runner.FakeConn(fake_runner.Replies(extra_var, 0))
+        self.is_async = extra_var is not None
+        self._start()
+
+
+def in_process(name: str) -> InProcess:
+    """The runner fed a workload's chain, or a floor reference by its name."""
+    if name in FLOORS:
+        return FloorInProcess(FLOORS[name])
+    return InProcess(WORKLOADS[name])
+
+
 def run_calls(bench: InProcess, n: int, is_async: bool) -> None:
     if is_async:
         uvloop.run(bench.run_async(n))
@@ -164,6 +191,8 @@ def run_calls(bench: InProcess, n: int, is_async: bool) -> None:
 
 
 def is_async_chain(bench: InProcess) -> bool:
+    if isinstance(bench, FloorInProcess):
+        return bench.is_async
     chain = bench.store.get(1)
     assert chain is not None
     return chain.req_async
@@ -171,7 +200,7 @@ def is_async_chain(bench: InProcess) -> bool:
 
 def measure(name: str, calls: int, repeat: int = 5) -> float:
     """Best-of-``repeat`` process CPU microseconds per call."""
-    bench = InProcess(WORKLOADS[name])
+    bench = in_process(name)
     is_async = is_async_chain(bench)
     run_calls(bench, min(calls, 2000), is_async)  # warm-up
     best = float("inf")
@@ -256,7 +285,8 @@ def breakdown(name: str, calls: int) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.micro.harness", description=__doc__)
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=", ".join(WORKLOADS))
+    known = [*WORKLOADS, *FLOORS]
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=", ".join(known))
     p.add_argument("--calls", type=int, default=20000)
     p.add_argument("--profile", action="store_true", help="cProfile the calls instead")
     p.add_argument(
@@ -265,15 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sort", default="tottime")
     p.add_argument("--limit", type=int, default=25)
     a = p.parse_args(argv)
-    if unknown := set(a.workloads) - set(WORKLOADS):
-        p.error(f"unknown workloads {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    if unknown := set(a.workloads) - set(known):
+        p.error(f"unknown workloads {sorted(unknown)}; known: {', '.join(known)}")
     for name in a.workloads or list(WORKLOADS):
         if a.breakdown:
             print(f"=== {name}: CPU us per call, each stage timed alone (best of 7)")
             for stage, us in breakdown(name, a.calls):
                 print(f"  {us:6.2f}  {stage}")
         elif a.profile:
-            bench = InProcess(WORKLOADS[name])
+            bench = in_process(name)
             is_async = is_async_chain(bench)
             run_calls(bench, 1000, is_async)
             prof = cProfile.Profile()

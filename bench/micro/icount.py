@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.micro.harness import WORKLOADS
+from bench.micro.harness import FLOORS, WORKLOADS
 
 ROOT = Path(__file__).resolve().parents[2]
 _LINE = re.compile(r"\s*([\d,]+) \([^)]*\)\s+(.*)$")
@@ -92,7 +92,8 @@ def measure(workload: str, calls: int, top: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("workloads", nargs="+", choices=sorted(WORKLOADS), metavar="WORKLOAD")
+    p.add_argument("workloads", nargs="+", choices=sorted([*WORKLOADS, *FLOORS]),
+                   metavar="WORKLOAD")  # fmt: skip
     p.add_argument("--calls", type=int, default=2000, help="N (at least 2000)")
     p.add_argument("--top", type=int, default=25, help="functions shown per table")
     a = p.parse_args(argv)

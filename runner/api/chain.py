@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from runner.api.plugin import ConfError, Plugin, has_filter, has_response_filter, is_async
 from runner.api.policy import in_thread
@@ -19,29 +19,63 @@ from runner.settings import PluginOptions
 log = logging.getLogger("runner.confstore")
 
 
-class Step(NamedTuple):
+# Plain classes, not NamedTuples: this module is compiled with the hot path
+# (runner/hotpath.py), where reading a field of a native class is a load,
+# and a NamedTuple's field a lookup by name through its type.
+
+
+class Step:
     """One plugin of a route's chain, with its config decoded."""
 
-    fn: Callable[..., Any]
-    conf: Any
-    name: str
-    is_async: bool
-    stats: PluginStats | None = None  # this worker's metrics of the plugin
-    fail_open: bool = False  # skip the plugin (log + metric) when it fails
-    timeout: float | None = None  # its own deadline (async plugins)
+    __slots__ = ("conf", "fail_open", "fn", "is_async", "name", "stats", "timeout")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        conf: Any,
+        name: str,
+        is_async: bool,
+        stats: PluginStats | None = None,  # this worker's metrics of the plugin
+        fail_open: bool = False,  # skip the plugin (log + metric) when it fails
+        timeout: float | None = None,  # its own deadline (async plugins)
+    ) -> None:
+        self.fn: Final = fn
+        self.conf: Final = conf
+        self.name: Final = name
+        self.is_async: Final = is_async
+        self.stats: Final = stats
+        self.fail_open: Final = fail_open
+        self.timeout: Final = timeout
+
+    def __repr__(self) -> str:
+        return f"Step({self.name!r}, is_async={self.is_async})"
 
 
-class Chain(NamedTuple):
+class Chain:
     """A route's plugins in order, split by phase."""
 
-    key: str
-    req: tuple[Step, ...]
-    resp: tuple[Step, ...]
-    req_async: bool
-    resp_async: bool
-    # The plugins' release_conf hooks, bound to this route's configs: run when
-    # the worker drops the chain (see release).
-    releases: tuple[Callable[[], object], ...] = ()
+    __slots__ = ("key", "releases", "req", "req_async", "resp", "resp_async")
+
+    def __init__(
+        self,
+        key: str,
+        req: tuple[Step, ...],
+        resp: tuple[Step, ...],
+        req_async: bool,
+        resp_async: bool,
+        # The plugins' release_conf hooks, bound to this route's configs: run
+        # when the worker drops the chain (see release).
+        releases: tuple[Callable[[], object], ...] = (),
+    ) -> None:
+        self.key: Final = key
+        self.req: Final = req
+        self.resp: Final = resp
+        self.req_async: Final = req_async
+        self.resp_async: Final = resp_async
+        self.releases: Final = releases
+
+    def __repr__(self) -> str:
+        return f"Chain({self.key!r}, req={self.req!r}, resp={self.resp!r})"
 
 
 def release(chain: Chain) -> None:
@@ -109,6 +143,9 @@ def _parse(plugins: Mapping[str, Plugin], index: int, name: str, raw: str) -> tu
     try:
         return plugin, plugin.parse_conf(raw)
     except ConfError as exc:
-        raise ConfError(f"conf[{index}] plugin {name!r}: {exc}") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfError(f"conf[{index}] plugin {name!r}: {exc!r}") from None
+        failed = ConfError(f"conf[{index}] plugin {name!r}: {exc}")
+    except (ValueError, TypeError, KeyError) as bad:  # a name per except (mypyc)
+        failed = ConfError(f"conf[{index}] plugin {name!r}: {bad!r}")
+    # `from None` by hand: compiled (mypyc), `raise ... from` is dropped.
+    failed.__suppress_context__ = True
+    raise failed

@@ -193,14 +193,33 @@ async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
     return perf_counter() - t0
 
 
+class _InlineCall:
+    """The inline call running now, for the log lines its plugins write."""
+
+    __slots__ = ("plugin", "req_id")
+
+    def __init__(self) -> None:
+        self.req_id = 0
+        self.plugin: str | None = None
+
+    def context(self) -> tuple[int, str] | None:
+        plugin = self.plugin
+        return None if plugin is None else (self.req_id, plugin)
+
+
+_INLINE: Final = _InlineCall()
+logs.inline_context = _INLINE.context
+
+
 def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
     """The request phase for a chain of plain ``def`` filters, run inline."""
     request = Request(view, ask, view.conf_token)
     response = Response()
-    req_id = request.id
+    inline = _INLINE
+    inline.req_id = request.id
     try:
         for step in chain.req:
-            logs.inline_context = (req_id, step.name)  # for log lines the plugin writes
+            inline.plugin = step.name
             stats = step.stats
             if stats is not None:
                 _call_timed(step, stats, request, response)
@@ -216,7 +235,7 @@ def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
             if response.stopped:
                 break
     finally:
-        logs.inline_context = None
+        inline.plugin = None
     return req_reply(request, response)
 
 

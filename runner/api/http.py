@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from runner.api.multidict import Args, Headers
 from runner.proto import InfoType
-from runner.proto.fb import ESCAPE
+from runner.proto.fb import encoded
 
 # Asks APISIX for one piece of ExtraInfo: (InfoType, var name) -> raw result.
 Ask = Callable[[int, str | None], Awaitable[bytes | None]]
@@ -173,7 +173,7 @@ class Request:
 
     def set_body(self, body: bytes | str) -> None:
         """Replace the body sent upstream (APISIX >= 3.6; it cannot be emptied)."""
-        self._new_body = body.encode(*ESCAPE) if isinstance(body, str) else bytes(body)
+        self._new_body = encoded(body) if isinstance(body, str) else bytes(body)
 
     # -- what the dispatcher reads back
 
@@ -232,7 +232,7 @@ class Response:
 
     @body.setter
     def body(self, value: bytes | str | None) -> None:
-        self._body = value.encode(*ESCAPE) if isinstance(value, str) else value
+        self._body = encoded(value) if isinstance(value, str) else value
 
     # The old runner and the guide spell it status_code.
     @property
@@ -251,7 +251,7 @@ class Response:
     ) -> None:
         """Answer the client now."""
         self.status = status
-        self._body = body.encode(*ESCAPE) if isinstance(body, str) else body  # the body setter
+        self._body = encoded(body) if isinstance(body, str) else body  # the body setter
         if headers:
             for name, value in headers.items():
                 self.headers[name] = value
@@ -318,7 +318,7 @@ class UpstreamResponse:
         return self._body
 
     def set_body(self, body: bytes | str) -> None:
-        self._new_body = body.encode(*ESCAPE) if isinstance(body, str) else bytes(body)
+        self._new_body = encoded(body) if isinstance(body, str) else bytes(body)
 
     @property
     def new_body(self) -> bytes | None:

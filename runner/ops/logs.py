@@ -54,8 +54,16 @@ MAX_KINDS: Final = 1000
 _role = "runner"
 # The root logger's level in forked children (workers, exporter); None: as set.
 _child_level: int | None = None
-# (request id, plugin name) of the inline call running now, if any.
-inline_context: tuple[int, str] | None = None
+
+
+def _no_inline_call() -> tuple[int, str] | None:
+    return None
+
+
+# (request id, plugin name) of the inline call running now, if any: the
+# dispatcher installs its reader here, so that running a plugin sets two
+# fields of its own instead of a module attribute and a tuple.
+inline_context: Callable[[], tuple[int, str] | None] = _no_inline_call
 task_context: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
     "apisix_runner_call", default=None
 )
@@ -73,7 +81,7 @@ def set_role(role: str) -> None:
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = f"{_role} pid {record.process}"
-        ctx = task_context.get() or inline_context
+        ctx = task_context.get() or inline_context()
         record.context = f" {{request {ctx[0]}, plugin {ctx[1]}}}" if ctx else ""
         return True
 

@@ -28,6 +28,9 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
+import librt.strings
+from librt.strings import BytesWriter, read_i16_le, read_i32_le, write_i16_le, write_i32_le
+
 _U32: Final = struct.Struct("<I")
 _I32: Final = struct.Struct("<i")
 _U16: Final = struct.Struct("<H")
@@ -41,44 +44,50 @@ class DecodeError(ValueError):
     """The payload is not a well-formed flatbuffer of the expected shape."""
 
 
-# A table's first field offsets, read from its vtable with one unpack. Every
-# table of the schema has at most 7 fields; a longer vtable (a newer APISIX)
-# has its extra fields read on demand.
-_CACHED_FIELDS: Final = 8
-_u16s_at: Final = tuple(struct.Struct(f"<{n}H").unpack_from for n in range(_CACHED_FIELDS + 1))
-_u16x2_at: Final = _u16s_at[2]
-# "<{n}I" readers of a vector's offsets, for the usual sizes.
-_u32s_at: Final = tuple(struct.Struct(f"<{n}I").unpack_from for n in range(65))
-
-
 _TOO_SHORT: Final = "a {}-byte payload is too short for a flatbuffer"
 
 
-# Little-endian readers of a ``bytes`` buffer, each returning a 1-tuple as
-# struct's ``unpack_from`` does. Compiled (mypyc), these bodies are a few
-# machine instructions on the bytes object and the tuple is never built; a
-# call into struct costs ~1,000 instructions of argument parsing and buffer
-# protocol. Interpreted, struct's C unpackers are faster than four index
-# operations, so the end of this module rebinds the names to them. Every
-# caller checks ``pos`` against the buffer first, so both behave alike.
+# Little-endian readers of a ``bytes`` buffer and writers to a BytesWriter:
+# librt.strings, mypyc's runtime library. Compiled, mypyc turns these calls
+# into a few inline machine instructions (a struct call costs ~1,000 of
+# argument parsing); interpreted, the end of this module binds the names to
+# librt's own unsigned functions, one C call each. librt checks its own
+# bounds (an IndexError), but every caller checks ``pos`` against the buffer
+# first, so a hostile offset is a DecodeError naming the field. The int()
+# keeps position arithmetic in Python ints: a fixed-width sum would wrap
+# around when compiled, and a wrapped offset could pass a bounds check.
 
 
-def u32_at(data: bytes, pos: int) -> tuple[int]:
-    return (data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24,)
+def u32_at(data: bytes, pos: int) -> int:
+    return int(read_i32_le(data, pos)) & 0xFFFFFFFF
 
 
-def _i32_at(data: bytes, pos: int) -> tuple[int]:
-    value = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24
-    return (value - 0x100000000 if value & 0x80000000 else value,)
+def _i32_at(data: bytes, pos: int) -> int:
+    return int(read_i32_le(data, pos))
 
 
-def _u16_at(data: bytes, pos: int) -> tuple[int]:
-    return (data[pos] | data[pos + 1] << 8,)
+def u16_at(data: bytes, pos: int) -> int:
+    return int(read_i16_le(data, pos)) & 0xFFFF
 
 
-def _u16s(data: bytes, pos: int, count: int) -> tuple[int, ...]:
-    """``count`` consecutive u16 (a vtable's field offsets)."""
-    return tuple([data[p] | data[p + 1] << 8 for p in range(pos, pos + 2 * count, 2)])
+def write_u32(w: BytesWriter, value: int) -> None:
+    """Append ``value`` (0 <= value < 2**32) as a little-endian u32."""
+    write_i32_le(w, value - 0x100000000 if value > 0x7FFFFFFF else value)
+
+
+def write_u16(w: BytesWriter, value: int) -> None:
+    """Append ``value`` (0 <= value < 2**16) as a little-endian u16."""
+    if not 0 <= value <= 0xFFFF:
+        raise OverflowError(f"{value} does not fit in a u16")
+    write_i16_le(w, value - 0x10000 if value > 0x7FFF else value)
+
+
+def put_u32(w: BytesWriter, at: int, value: int) -> None:
+    """Overwrite 4 bytes at ``at`` with ``value`` as a little-endian u32."""
+    w[at] = value & 0xFF
+    w[at + 1] = value >> 8 & 0xFF
+    w[at + 2] = value >> 16 & 0xFF
+    w[at + 3] = value >> 24 & 0xFF
 
 
 def _vtable_of(data: bytes, pos: int, size: int) -> tuple[int, int]:
@@ -87,10 +96,10 @@ def _vtable_of(data: bytes, pos: int, size: int) -> tuple[int, int]:
     are written out (a call each costs the interpreted build as much)."""
     if pos < 0 or pos + 4 > size:
         _check_table(pos, size)
-    vt = pos - _i32_at(data, pos)[0]
+    vt = pos - _i32_at(data, pos)
     if vt < 0 or vt + 4 > size:
         _check_vtable(vt, -1, size)
-    vtlen: int = _u16_at(data, vt)[0]
+    vtlen = u16_at(data, vt)
     if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
         _check_vtable(vt, vtlen, size)
     return vt, vtlen
@@ -122,21 +131,15 @@ def _check_vtable(vt: int, vtlen: int, size: int) -> None:
 
 class Table:
     """A view of one table inside a received buffer. Nothing is decoded until
-    a field is asked for.
+    a field is asked for. Hot accessors (``u32``, ``string``) are written out
+    in full rather than layered on ``field``: each Python call layer costs
+    about as much as the read itself."""
 
-    ``offs`` holds the vtable's first field offsets (relative to the table,
-    0 = absent), read once: a field access is then a tuple index instead of
-    another unpack. Hot accessors (``u32``, ``string``) are written out in
-    full rather than layered on ``field``: each Python call layer costs about
-    as much as the read itself."""
-
-    __slots__ = ("buf", "offs", "pos", "size", "vt", "vtlen")
+    __slots__ = ("buf", "pos", "size", "vt", "vtlen")
 
     def __init__(self, buf: bytes, pos: int) -> None:
         size = len(buf)
         vt, vtlen = _vtable_of(buf, pos, size)
-        n = (vtlen - 4) >> 1
-        self.offs: tuple[int, ...] = _u16s(buf, vt + 4, n if n < _CACHED_FIELDS else _CACHED_FIELDS)
         self.buf, self.pos, self.size, self.vt, self.vtlen = buf, pos, size, vt, vtlen
 
     @staticmethod
@@ -147,27 +150,21 @@ class Table:
         (an HTTPReqCall is a few KB of path, args and headers; bodies come in
         ExtraInfo answers, which root_bytes0 reads in place): the table then
         outlives the read buffer, every string is sliced from it without
-        another copy, and compiled readers index it directly."""
+        another copy, and the readers index it directly."""
         buf = payload if isinstance(payload, bytes) else payload.tobytes()
         size = len(buf)
         if size < 8:
             raise DecodeError(_TOO_SHORT.format(size))
-        return Table(buf, u32_at(buf, 0)[0])
+        return Table(buf, u32_at(buf, 0))
 
-    def _offset(self, fid: int) -> int:
+    def offset(self, fid: int) -> int:
         """Field ``fid``'s offset from the table (0 when absent)."""
-        offs = self.offs
-        if fid < len(offs):
-            return offs[fid]
         slot = 4 + 2 * fid
-        if fid < _CACHED_FIELDS or slot >= self.vtlen:
-            return 0
-        off: int = _u16_at(self.buf, self.vt + slot)[0]
-        return off
+        return u16_at(self.buf, self.vt + slot) if slot < self.vtlen else 0
 
     def field(self, fid: int, width: int) -> int:
         """Absolute position of field ``fid`` (0 when absent), checked for ``width`` bytes."""
-        off = self._offset(fid)
+        off = self.offset(fid)
         if off == 0:
             return 0
         pos = self.pos + off
@@ -176,19 +173,12 @@ class Table:
         return pos
 
     def u32(self, fid: int) -> int:
-        offs = self.offs
-        off = offs[fid] if fid < len(offs) else self._offset(fid)
-        if not off:
-            return 0
-        pos = self.pos + off
-        if pos + 4 > self.size:
-            raise DecodeError(f"field {fid} outside the buffer")
-        value: int = u32_at(self.buf, pos)[0]
-        return value
+        pos = self.field(fid, 4)
+        return u32_at(self.buf, pos) if pos else 0
 
     def u16(self, fid: int) -> int:
         pos = self.field(fid, 2)
-        return _u16_at(self.buf, pos)[0] if pos else 0
+        return u16_at(self.buf, pos) if pos else 0
 
     def u8(self, fid: int) -> int:
         pos = self.field(fid, 1)
@@ -196,25 +186,25 @@ class Table:
 
     def _target(self, fid: int) -> int:
         pos = self.field(fid, 4)
-        return pos + u32_at(self.buf, pos)[0] if pos else 0
+        return pos + u32_at(self.buf, pos) if pos else 0
 
     def _vector(self, fid: int, elem: int) -> tuple[int, int]:
         """(start of elements, count) of a vector field; (0, -1) when absent.
 
         ``field`` and ``_target`` written out: strings, byte vectors and
         entry vectors all come through here, one Python call each."""
-        offs = self.offs
-        off = offs[fid] if fid < len(offs) else self._offset(fid)
+        slot = 4 + 2 * fid
+        off = u16_at(self.buf, self.vt + slot) if slot < self.vtlen else 0
         if not off:
             return 0, -1
         buf, size = self.buf, self.size
         pos = self.pos + off
         if pos + 4 > size:
             raise DecodeError(f"field {fid} outside the buffer")
-        vec = pos + u32_at(buf, pos)[0]
+        vec = pos + u32_at(buf, pos)
         if vec + 4 > size:
             raise DecodeError(f"vector {fid} outside the buffer")
-        count: int = u32_at(buf, vec)[0]
+        count = u32_at(buf, vec)
         if vec + 4 + count * elem > size:
             raise DecodeError(f"vector {fid} of {count} elements overruns the buffer")
         return vec + 4, count
@@ -225,18 +215,18 @@ class Table:
 
     def string(self, fid: int) -> str | None:
         # _vector(fid, 1) written out: the path is read on most calls.
-        offs = self.offs
-        off = offs[fid] if fid < len(offs) else self._offset(fid)
+        slot = 4 + 2 * fid
+        off = u16_at(self.buf, self.vt + slot) if slot < self.vtlen else 0
         if not off:
             return None
         buf, size = self.buf, self.size
         pos = self.pos + off
         if pos + 4 > size:
             raise DecodeError(f"field {fid} outside the buffer")
-        vec = pos + u32_at(buf, pos)[0]
+        vec = pos + u32_at(buf, pos)
         if vec + 4 > size:
             raise DecodeError(f"vector {fid} outside the buffer")
-        end = vec + 4 + u32_at(buf, vec)[0]
+        end = vec + 4 + u32_at(buf, vec)
         if end > size:
             raise DecodeError(f"vector {fid} of {end - vec - 4} elements overruns the buffer")
         raw = buf[vec + 4 : end]
@@ -258,7 +248,6 @@ class Table:
         Headers and args are the largest part of every request, so this is
         one loop with no Table object and no call per entry:
 
-        * the vector's offsets are read with one unpack;
         * builders share one vtable between all entries (flatc and APISIX's
           Lua builder do), so a vtable is decoded only when it changes;
         * strings are sliced from the table's ``bytes`` (see ``root``):
@@ -270,31 +259,24 @@ class Table:
         if count <= 0:
             return []
         data, size = self.buf, self.size
-        rels = _u32s_at[count](data, start) if count < len(_u32s_at) else (
-            struct.unpack_from(f"<{count}I", data, start))  # fmt: skip
         out: TextPairs = []
         append = out.append
         last_vt = -1
         name_off = value_off = 0
-        slot = start
         budget = size
-        for rel in rels:
-            t = slot + rel
-            slot += 4
+        for slot in range(start, start + 4 * count, 4):
+            t = slot + u32_at(data, slot)
             if t + 4 > size:
                 raise DecodeError("TextEntry outside the buffer")
-            vt = t - _i32_at(data, t)[0]
+            vt = t - _i32_at(data, t)
             if vt != last_vt:
                 if vt < 0 or vt + 4 > size:
                     raise DecodeError("TextEntry vtable outside the buffer")
-                vtlen = _u16_at(data, vt)[0]
+                vtlen = u16_at(data, vt)
                 if vtlen < 4 or vtlen & 1 or vt + vtlen > size:
                     raise DecodeError(f"TextEntry vtable of bad size {vtlen}")
-                if vtlen >= 8:
-                    name_off, value_off = _u16x2_at(data, vt + 4)
-                else:
-                    name_off = _u16_at(data, vt + 4)[0] if vtlen >= 6 else 0
-                    value_off = 0
+                name_off = u16_at(data, vt + 4) if vtlen >= 6 else 0
+                value_off = u16_at(data, vt + 6) if vtlen >= 8 else 0
                 last_vt = vt
             name = _text(data, size, t + name_off) if name_off else ""
             value = _text(data, size, t + value_off) if value_off else None
@@ -344,10 +326,10 @@ def _text(data: bytes, size: int, field: int) -> str:
     """The string a uoffset field at ``field`` points to."""
     if field + 4 > size:
         raise DecodeError("string offset outside the buffer")
-    s = field + u32_at(data, field)[0]
+    s = field + u32_at(data, field)
     if s + 4 > size:
         raise DecodeError("string outside the buffer")
-    end = s + 4 + u32_at(data, s)[0]
+    end = s + 4 + u32_at(data, s)
     if end > size:
         raise DecodeError("string overruns the buffer")
     try:
@@ -405,112 +387,76 @@ def begin_table(out: bytearray, vt: bytes, body: bytes) -> int:
 _VT_NAME_VALUE: Final = vtable(4, 8, table_size=12)
 _VT_NAME: Final = vtable(4, table_size=8)
 TEXT_VTABLES: Final = _VT_NAME_VALUE + _VT_NAME  # 16 bytes: both vtables, 4-aligned
-_ENTRY_NV: Final = struct.Struct("<iIII").pack  # soffset, name off, value off, name length
-_ENTRY_N: Final = struct.Struct("<iII").pack  # soffset, name off, name length
-# A vector of one entry: count, offset, then the entry as above.
-_ONE_NV: Final = struct.Struct("<IIiIII").pack
-_ONE_N: Final = struct.Struct("<IIiII").pack
 PADS: Final = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by length % 4
-# "<{n}I" packers for a vector's count and offsets, the common sizes precompiled.
-_UVEC: Final = tuple(struct.Struct(f"<{n}I").pack for n in range(1, 34))
 
 
-def text_vector_chunks(
-    pairs: Sequence[tuple[str, str | None]], pos: int, vtables: int, chunks: list[bytes]
-) -> int:
-    """Lay a ``[TextEntry]`` vector out at absolute position ``pos`` (4-aligned)
-    as byte chunks appended to ``chunks``; returns the position after it.
+def encoded(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # surrogate escapes: the bytes received
+        return text.encode("utf-8", "surrogateescape")
 
-    ``vtables`` is where :data:`TEXT_VTABLES` already lies in the buffer:
-    every entry of every vector of a message points at those two vtables (as
-    flatc shares identical vtables), so a message writes them once. Layout::
+
+def write_text_vector(
+    w: BytesWriter, pairs: Sequence[tuple[str, str | None]], vtables: int
+) -> None:
+    """Append a ``[TextEntry]`` vector at ``len(w)`` (4-aligned, counted from
+    the frame's start, as every position in ``w`` is).
+
+    ``vtables`` is where :data:`TEXT_VTABLES` already lies in ``w``: every
+    entry of every vector of a message points at those two vtables (as flatc
+    shares identical vtables), so a message writes them once. Layout::
 
         count off[0..n) | entry 0 | entry 1 ...
         entry = soffset, name off, [value off], name string, [value string]
 
-    Each entry is one contiguous run, so its inner offsets are constants, and
-    every position is computed, never read back: the whole vector costs one
-    pass and no patching (the count and offsets go into a placeholder chunk).
+    Each entry is one contiguous run, so its inner offsets are constants; the
+    vector's offsets are written as zeros and filled in as each entry lands.
     """
     vt_name = vtables + 8
-    count = len(pairs)
-    if count == 1:  # one header or arg changed, the usual case: one pack, no offsets list
-        name, value = pairs[0]
-        try:
-            nb = name.encode()
-        except UnicodeEncodeError:  # surrogate escapes: the bytes received
-            nb = name.encode(*ESCAPE)
-        ln = len(nb)
-        npad = PADS[ln & 3]
-        entry = pos + 8  # after the count and the one offset (4: from its slot to the entry)
-        if value is None:
-            chunks += (_ONE_N(1, 4, entry - vt_name, 4, ln), nb, npad)
-            return entry + 12 + ln + len(npad)
-        try:
-            vb = value.encode()
-        except UnicodeEncodeError:  # surrogate escapes: the bytes received
-            vb = value.encode(*ESCAPE)
-        lv = len(vb)
-        vpad = PADS[lv & 3]
-        pn = ln + len(npad)
-        chunks += (_ONE_NV(1, 4, entry - vtables, 8, 8 + pn, ln), nb, npad, _pack_u32(lv), vb,
-                   vpad)  # fmt: skip
-        return entry + 20 + pn + lv + len(vpad)
-    slot = pos + 4
-    pos = slot + 4 * count  # first entry
-    head = len(chunks)
-    chunks.append(b"")
-    offsets: list[int] = []
-    append = offsets.append
+    write_u32(w, len(pairs))
+    slot = len(w)
+    for _ in pairs:
+        write_u32(w, 0)
     for name, value in pairs:
-        try:
-            nb = name.encode()
-        except UnicodeEncodeError:  # surrogate escapes: the bytes received
-            nb = name.encode(*ESCAPE)
+        nb = encoded(name)
         ln = len(nb)
-        npad = PADS[ln & 3]
-        append(pos - slot)
+        pos = len(w)
+        put_u32(w, slot, pos - slot)
         slot += 4
         if value is None:
-            chunks += (_ENTRY_N(pos - vt_name, 4, ln), nb, npad)
-            pos += 12 + ln + len(npad)
+            write_u32(w, pos - vt_name)  # soffset: the vtable lies before
+            write_u32(w, 4)  # the name, right after this slot
+            write_string(w, nb)
         else:
-            try:
-                vb = value.encode()
-            except UnicodeEncodeError:  # surrogate escapes: the bytes received
-                vb = value.encode(*ESCAPE)
-            lv = len(vb)
-            vpad = PADS[lv & 3]
-            pn = ln + len(npad)
-            chunks += (_ENTRY_NV(pos - vtables, 8, 8 + pn, ln), nb, npad, _pack_u32(lv), vb, vpad)
-            pos += 20 + pn + lv + len(vpad)
-    if count < len(_UVEC):
-        chunks[head] = _UVEC[count](count, *offsets)
-    else:
-        chunks[head] = struct.pack(f"<{count + 1}I", count, *offsets)
-    return pos
+            vb = encoded(value)
+            write_u32(w, pos - vtables)
+            write_u32(w, 8)  # the name, after this slot and the value's
+            write_u32(w, 8 + ln + len(PADS[ln & 3]))  # the value, after the name
+            write_string(w, nb)
+            write_string(w, vb)
 
 
-def write_text_vector(out: bytearray, pairs: Sequence[tuple[str, str | None]]) -> int:
-    """Append a ``[TextEntry]`` vector (after its own pair of vtables); returns
-    its position. See :func:`text_vector_chunks`."""
-    align4(out)
-    vtables = len(out)
-    chunks: list[bytes] = [TEXT_VTABLES]
-    text_vector_chunks(pairs, vtables + 16, vtables, chunks)
-    out += b"".join(chunks)
-    return vtables + 16
-
-
-def _struct_u16s(data: bytes, pos: int, count: int) -> tuple[int, ...]:
-    return _u16s_at[count](data, pos)
+def write_string(w: BytesWriter, raw: bytes) -> None:
+    """Append a string's length, bytes, NUL and padding to 4."""
+    write_u32(w, len(raw))
+    w.write(raw)
+    w.write(PADS[len(raw) & 3])
 
 
 if __file__.endswith(".py"):
-    # Interpreted: struct's C unpackers beat index arithmetic (see u32_at).
+    # Interpreted, a Python call layer costs more than the read: use librt's
+    # unsigned readers and writers directly (they return Python ints).
+    # mypy's stubs for librt list only the signed ones, hence getattr.
     globals().update(
-        u32_at=_U32.unpack_from,
-        _i32_at=_I32.unpack_from,
-        _u16_at=_U16.unpack_from,
-        _u16s=_struct_u16s,
+        {
+            name: getattr(librt.strings, fn)
+            for name, fn in (
+                ("u32_at", "read_u32_le"),
+                ("_i32_at", "read_i32_le"),
+                ("u16_at", "read_u16_le"),
+                ("write_u32", "write_u32_le"),
+                ("write_u16", "write_u16_le"),
+            )
+        }
     )

@@ -15,21 +15,28 @@ import struct
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
+from librt.strings import BytesWriter
+
 from .fb import (
     ESCAPE,
-    PADS,
     TEXT_VTABLES,
     DecodeError,
     Table,
     TextPairs,
     align4,
     begin_table,
+    encoded,
     patch,
+    put_u32,
     root_bytes0,
-    text_vector_chunks,
+    u16_at,
     u32_at,
     vtable,
     write_bytes,
+    write_string,
+    write_text_vector,
+    write_u16,
+    write_u32,
 )
 from .frame import HEADER_SIZE, MAX_PAYLOAD, FrameTooLarge, RpcType
 
@@ -103,15 +110,15 @@ class ReqCallView:
         t = Table.root(payload)  # a copy: the view outlives the read buffer
         self._t = t
         # t.u32(0) and t.u32(6) written out (two method calls less per call).
-        buf, offs, pos, size = t.buf, t.offs, t.pos, t.size
-        off = offs[0] if offs else 0
+        buf, pos, size, vt, vtlen = t.buf, t.pos, t.size, t.vt, t.vtlen
+        off = u16_at(buf, vt + 4) if vtlen > 4 else 0
         if off and pos + off + 4 > size:
             raise DecodeError("field 0 outside the buffer")
-        self.id = u32_at(buf, pos + off)[0] if off else 0
-        off = offs[6] if len(offs) > 6 else t._offset(6)
+        self.id = u32_at(buf, pos + off) if off else 0
+        off = u16_at(buf, vt + 16) if vtlen > 16 else 0
         if off and pos + off + 4 > size:
             raise DecodeError("field 6 outside the buffer")
-        self.conf_token = u32_at(buf, pos + off)[0] if off else 0
+        self.conf_token = u32_at(buf, pos + off) if off else 0
 
     @property
     def src_ip(self) -> bytes:
@@ -187,8 +194,6 @@ class ExtraInfoResp:
 # --------------------------------------------------------------------------- builders
 
 _PACK_HEADER: Final = struct.Struct(">I").pack_into
-_PACK_U32: Final = struct.Struct("<I").pack_into
-_pack_u32: Final = struct.Struct("<I").pack
 
 
 def _start() -> bytearray:
@@ -248,8 +253,6 @@ _RESP_NONE_VT: Final = vtable(4, table_size=8)
 _RESP_ACTION_VT: Final = vtable(8, 12, 4, table_size=16)
 _STOP_VT: Final = vtable(12, 4, 8, table_size=16)
 _ID_AT: Final = 28  # the request id in every HTTPReqCall.Resp laid out below
-_EMPTY_VECTOR: Final = bytes(4)
-_join: Final = bytearray().join  # one copy of all chunks into a new bytearray
 
 
 def _none_template() -> bytes:
@@ -279,11 +282,12 @@ def _action_prefix(action_type: int) -> tuple[bytearray, int]:
 # Stop and Rewrite replies are built from a template: everything up to the
 # first child (frame header, root offset, Resp vtable and table, the action's
 # vtable and table, and the two TextEntry vtables that all header and arg
-# entries share) is laid out once. A reply is then the template's constant
-# runs, its few variable fields (frame header, id, ...) and the children as
-# byte chunks whose positions are computed while they are produced, and one
-# join: no field-by-field building, no reading back, nothing patched after
-# the join (a pack_into costs the compiled build more than a whole field).
+# entries share) is laid out once. A reply is written into one BytesWriter
+# (librt.strings): the template's constant runs, its few variable fields
+# (id, status, ...), the children, then the offsets that only the children's
+# positions decide and the frame header, overwritten in place. Compiled, each
+# write is a few inline instructions into one buffer (256 bytes inline, so a
+# usual reply allocates nothing but the final bytes).
 
 
 def _stop_template() -> tuple[bytes, int]:
@@ -301,7 +305,7 @@ _STOP_TEMPLATE: Final = _STOP_LAYOUT[0]
 _STOP_BODY_AT: Final = _STOP_LAYOUT[1] + 8  # then the status (u16) at + 12
 _STOP_VTABLES: Final = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
 # The template's constant runs between its variable fields.
-_STOP_HEAD: Final = _STOP_TEMPLATE[HEADER_SIZE:_ID_AT]
+_STOP_HEAD: Final = _STOP_TEMPLATE[:_ID_AT]
 _STOP_MID: Final = _STOP_TEMPLATE[_ID_AT + 4 : _STOP_BODY_AT]
 _STOP_TAIL: Final = _STOP_TEMPLATE[_STOP_BODY_AT + 6 :]
 
@@ -310,32 +314,53 @@ _REQ_CALL_HI: Final = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs a
 _TOO_LARGE: Final = "the max length of a frame is {} but got {}"
 
 
-def build_req_call_stop(
-    req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
-) -> bytearray:
-    # The hottest builder. Chunks 0 (frame header) and 4 (body offset) are
-    # known once the headers vector is laid out.
-    chunks = [b"", _STOP_HEAD, req_id.to_bytes(4, "little"), _STOP_MID, b"",
-              status.to_bytes(2, "little"), _STOP_TAIL]  # fmt: skip
-    if headers:
-        pos = text_vector_chunks(headers, len(_STOP_TEMPLATE), _STOP_VTABLES, chunks)
-    else:
-        chunks.append(_EMPTY_VECTOR)
-        pos = len(_STOP_TEMPLATE) + 4
-    length = pos + 4 + len(body) - HEADER_SIZE
+# A body up to this size is written into the reply's buffer; a larger one is
+# joined to it once at the end, where writing it would grow the buffer by
+# doubling (copying it again) before getvalue() copies it once more.
+_INLINE_BODY: Final = 4096
+
+
+def _framed(w: BytesWriter, type_hi: int, body: bytes = b"") -> bytes:
+    """The frame in ``w`` then ``body``, its header (``type_hi``: the type << 24) written in."""
+    length = len(w) + len(body) - HEADER_SIZE
     if length > MAX_PAYLOAD:
         raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
-    chunks[0] = (_REQ_CALL_HI | length).to_bytes(4, "big")
-    chunks[4] = (pos - _STOP_BODY_AT).to_bytes(4, "little")
-    chunks += (len(body).to_bytes(4, "little"), body)
-    return _join(chunks)
+    w[0] = type_hi >> 24
+    w[1] = length >> 16
+    w[2] = length >> 8 & 0xFF
+    w[3] = length & 0xFF
+    if len(body) > _INLINE_BODY:
+        return w.getvalue() + body
+    w.write(body)
+    return w.getvalue()
+
+
+def build_req_call_stop(
+    req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
+) -> bytes:
+    # The hottest builder.
+    w = BytesWriter()
+    w.write(_STOP_HEAD)
+    write_u32(w, req_id)
+    w.write(_STOP_MID)
+    write_u32(w, 0)  # the body's offset, once the headers are laid out
+    write_u16(w, status)
+    w.write(_STOP_TAIL)
+    if headers:
+        write_text_vector(w, headers, _STOP_VTABLES)
+    else:
+        write_u32(w, 0)
+    put_u32(w, _STOP_BODY_AT, len(w) - _STOP_BODY_AT)
+    write_u32(w, len(body))
+    return _framed(w, _REQ_CALL_HI, body)
 
 
 class _RewriteLayout(NamedTuple):
-    head: bytes  # the template after the frame header, up to the request id
+    head: bytes  # the template up to the request id
     tail: bytes  # after the id, up to the Rewrite table's first offset slot
     slot: int  # position of that slot
     vtables: int  # position of TEXT_VTABLES, right after the table
+    slots: bytes  # zeros for the table's offsets, then TEXT_VTABLES
 
 
 def _rewrite_layout(mask: int) -> _RewriteLayout:
@@ -346,15 +371,14 @@ def _rewrite_layout(mask: int) -> _RewriteLayout:
     rewrite = _offsets_table(out, present)
     patch(out, root + 4, rewrite)
     slot = rewrite + 4
-    head, tail = bytes(out[HEADER_SIZE:_ID_AT]), bytes(out[_ID_AT + 4 : slot])
-    return _RewriteLayout(head, tail, slot, slot + 4 * sum(present))
+    head, tail = bytes(out[:_ID_AT]), bytes(out[_ID_AT + 4 : slot])
+    slots = bytes(4 * sum(present)) + TEXT_VTABLES
+    return _RewriteLayout(head, tail, slot, slot + 4 * sum(present), slots)
 
 
 # Every one of the 32 shapes, indexed by the mask: a list index, no dict and
 # no tuple of bools to build per reply.
 _REWRITE_LAYOUTS: Final = [_rewrite_layout(mask) for mask in range(32)]
-# "<{n}I" packers for the Rewrite table's n offsets.
-_U32S: Final = tuple(struct.Struct(f"<{n}I").pack for n in range(6))
 
 
 def build_req_call_rewrite(
@@ -364,42 +388,33 @@ def build_req_call_rewrite(
     args: Sequence[tuple[str, str | None]],
     resp_headers: Sequence[tuple[str, str | None]],
     body: bytes | None,
-) -> bytearray:
+) -> bytes:
     """Rewrite: path (0), headers (1), args (2), resp_headers (3), body (4).
     Empty parts are left out: an absent field is what "unchanged" means.
-
-    The frame header and the Rewrite table's offsets are placeholder
-    chunks, filled once the children's positions are known."""
-    head, tail, slot, vtables = _REWRITE_LAYOUTS[
+    Each present field's offset is filled in when its child is written."""
+    head, tail, slot, vtables, slots = _REWRITE_LAYOUTS[
         (path is not None) | (2 if headers else 0) | (4 if args else 0)
         | (8 if resp_headers else 0) | (16 if body else 0)
     ]  # fmt: skip
-    chunks = [b"", head, req_id.to_bytes(4, "little"), tail, b"", TEXT_VTABLES]
-    pos = vtables + len(TEXT_VTABLES)
-    offsets: list[int] = []
+    w = BytesWriter()
+    w.write(head)
+    write_u32(w, req_id)
+    w.write(tail)
+    w.write(slots)
     if path is not None:
-        try:
-            raw = path.encode()
-        except UnicodeEncodeError:  # bytes of the request's path kept as surrogate escapes
-            raw = path.encode(*ESCAPE)
-        pad = PADS[len(raw) & 3]
-        offsets.append(pos - slot)
-        chunks += (_pack_u32(len(raw)), raw, pad)
-        pos += 4 + len(raw) + len(pad)
+        put_u32(w, slot, len(w) - slot)
+        slot += 4
+        write_string(w, encoded(path))
     for vector in (headers, args, resp_headers):
         if vector:
-            offsets.append(pos - slot - 4 * len(offsets))
-            pos = text_vector_chunks(vector, pos, vtables, chunks)
-    if body:
-        offsets.append(pos - slot - 4 * len(offsets))
-        chunks += (_pack_u32(len(body)), body)
-        pos += 4 + len(body)
-    length = pos - HEADER_SIZE
-    if length > MAX_PAYLOAD:
-        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
-    chunks[0] = (_REQ_CALL_HI | length).to_bytes(4, "big")
-    chunks[4] = _U32S[len(offsets)](*offsets)
-    return _join(chunks)
+            put_u32(w, slot, len(w) - slot)
+            slot += 4
+            write_text_vector(w, vector, vtables)
+    if not body:
+        return _framed(w, _REQ_CALL_HI)
+    put_u32(w, slot, len(w) - slot)
+    write_u32(w, len(body))
+    return _framed(w, _REQ_CALL_HI, body)
 
 
 class _RespCallLayout(NamedTuple):
@@ -427,7 +442,6 @@ def _resp_call_layout(has_headers: bool, has_body: bool) -> _RespCallLayout:
 # By (headers present) + 2 * (body present).
 _RESP_CALL_LAYOUTS: Final = [_resp_call_layout(bool(m & 1), bool(m & 2)) for m in range(4)]
 _RESP_CALL_HI: Final = int(RpcType.HTTP_RESP_CALL) << 24
-_PACK_ID_STATUS: Final = struct.Struct("<IH").pack_into
 
 
 def build_resp_call_resp(
@@ -435,29 +449,31 @@ def build_resp_call_resp(
     status: int,
     headers: Sequence[tuple[str, str | None]] | None,
     body: bytes | None,
-) -> bytearray:
+) -> bytes:
     """HTTPRespCall.Resp: id (0), status (1), headers (2), body (3).
     ``headers`` None means "keep the upstream's"; see docs/protocol.md §7.3.
-    Built like a Rewrite: a template per shape, the children as chunks."""
+    Built like a Rewrite: a template per shape, the children, then the
+    fields and offsets overwritten in place."""
     has_headers = headers is not None
     layout = _RESP_CALL_LAYOUTS[has_headers | (2 if body else 0)]
-    chunks = [layout.template]
-    pos = len(layout.template)
+    if not 0 <= status <= 0xFFFF:
+        raise ValueError(f"status {status} does not fit in a u16")
+    w = BytesWriter()
+    w.write(layout.template)
     if headers is not None:
-        pos = text_vector_chunks(headers, pos, layout.vtables, chunks)
+        write_text_vector(w, headers, layout.vtables)
+    body_pos = len(w)
     if body:
-        chunks += (_pack_u32(len(body)), body)
-    out = _join(chunks)
-    length = len(out) - HEADER_SIZE
-    if length > MAX_PAYLOAD:
-        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, length))
-    _PACK_HEADER(out, 0, _RESP_CALL_HI | length)
-    _PACK_ID_STATUS(out, layout.id_at, req_id, status)
+        write_u32(w, len(body))
+    put_u32(w, layout.id_at, req_id)
+    w[layout.id_at + 4] = status & 0xFF
+    w[layout.id_at + 5] = status >> 8
     if has_headers:
-        _PACK_U32(out, layout.headers_at, len(layout.template) - layout.headers_at)
-    if body:
-        _PACK_U32(out, layout.body_at, pos - layout.body_at)
-    return out
+        put_u32(w, layout.headers_at, len(layout.template) - layout.headers_at)
+    if not body:
+        return _framed(w, _RESP_CALL_HI)
+    put_u32(w, layout.body_at, body_pos - layout.body_at)
+    return _framed(w, _RESP_CALL_HI, body)
 
 
 def _build_extra_info(info_type: int, name: str | None) -> bytearray:

@@ -53,6 +53,7 @@ PREPARE_CONF: Final = RPC_NAMES[RpcType.PREPARE_CONF]
 REQ_CALL: Final = RPC_NAMES[RpcType.HTTP_REQ_CALL]
 RESP_CALL: Final = RPC_NAMES[RpcType.HTTP_RESP_CALL]
 _EXTRA_INFO: Final = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
+_REQ_CALL_FRAME: Final = int(RpcType.HTTP_REQ_CALL)
 _OUTCOMES: Final = dispatch.OUTCOMES
 
 
@@ -152,20 +153,19 @@ class Connection(asyncio.BufferedProtocol):
         decoder = self._decoder
         decoder.advance(nbytes)
         self.reads += 1
-        while (frame := decoder.next_frame()) is not None:
-            rpc_type, payload = frame
+        while (payload := decoder.next_payload()) is not None:
+            rpc_type = decoder.frame_type
             if self._call is not None:
                 self._answer(rpc_type, payload)
-                continue
-            handler = self._handlers.get(rpc_type)
-            if handler is None and rpc_type == _EXTRA_INFO and self._late:
+            elif rpc_type == _REQ_CALL_FRAME:  # the usual frame: a direct call, no table lookup
+                self._req_call(payload)
+            elif (handler := self._handlers.get(rpc_type)) is not None:
+                handler(payload)
+            elif rpc_type == _EXTRA_INFO and self._late:
                 self._late -= 1  # an answer to a question of a call that has ended
-                continue
-            if handler is None:
+            else:
                 self._malformed("frame", ValueError(f"unknown frame type {rpc_type}"))
                 self._write(dispatch.ERR_BAD_REQUEST)
-            else:
-                handler(payload)
 
     def eof_received(self) -> bool:
         if self._decoder.pending():
