@@ -290,14 +290,21 @@ class Table:
         return out
 
 
+# An ExtraInfo answer up to this size is copied once and read with the bytes
+# readers (a variable's value: the usual answer); a larger one (a body, up
+# to 16 MiB) is read in place, so its bytes are copied only into the result.
+_COPY_ANSWER_MAX: Final = 4096
+
+
 def root_bytes0(buf: memoryview) -> bytes | None:
     """Field 0 of the root table as a ``[ubyte]`` vector (None when absent).
 
-    ``Table.root(buf).byte_vector(0)`` written out with no Table object and
-    no copy of the payload: every ExtraInfo answer is read here (a body may
-    be 16 MiB), and it is this message's only field. Same checks as the
-    Table path."""
+    Every ExtraInfo answer is read here, and it is this message's only field.
+    A large one is ``Table.root(buf).byte_vector(0)`` written out with no
+    Table object and no copy of the payload, with the same checks."""
     size = len(buf)
+    if size <= _COPY_ANSWER_MAX:
+        return Table.root(buf).byte_vector(0)
     if size < 8:
         raise DecodeError(_TOO_SHORT.format(size))
     u32 = _U32.unpack_from
