@@ -68,6 +68,12 @@ class ConfStore:
         self._touch_every = touch_every
         # token -> (chain, when the backend was last told of a use)
         self._lru: OrderedDict[int, tuple[Chain, float]] = OrderedDict()
+        # The token get() last moved to the end of the LRU, and its entry:
+        # while it stays the last, a call on the same route (the usual run of
+        # calls) needs neither the dict lookup nor move_to_end. Any other
+        # change of the LRU forgets it (-1: no token).
+        self._last = -1
+        self._last_entry: tuple[Chain, float] | None = None
 
     def prepare(self, key: str, conf: Sequence[tuple[str, str]]) -> int:
         """Parse a route's configs (raising ConfError) and return its token."""
@@ -82,13 +88,14 @@ class ConfStore:
             # worker has (plugins may keep per-route state in it).
             release(chain)
             self._lru.move_to_end(token)
+            self._last = -1
         else:
             self._remember(token, chain)
         return token
 
     def get(self, token: int) -> Chain | None:
         """The chain of a live token, or None (answer CONF_TOKEN_NOT_FOUND)."""
-        entry = self._lru.get(token)
+        entry = self._last_entry if token == self._last else self._lru.get(token)
         if entry is None:
             if self.metrics is not None:
                 self.metrics.conf_misses += 1
@@ -98,13 +105,16 @@ class ConfStore:
         now = self._clock()
         if now - entry[1] > self._touch_every:
             # Tell the backend at most once a minute per token, not per call.
+            self._last = -1
             if self._backend.lookup(token) is None:
                 del self._lru[token]
                 release(entry[0])
                 return None
             self._backend.touch(token)
-            self._lru[token] = (entry[0], now)
-        self._lru.move_to_end(token)
+            entry = self._lru[token] = (entry[0], now)
+        if token != self._last:
+            self._lru.move_to_end(token)
+            self._last, self._last_entry = token, entry
         return entry[0]
 
     def _load(self, token: int) -> Chain | None:
@@ -127,6 +137,7 @@ class ConfStore:
         return build_chain(self._plugins, key, conf, self._options, self.metrics)
 
     def _remember(self, token: int, chain: Chain) -> None:
+        self._last = -1
         self._lru[token] = (chain, self._clock())
         self._lru.move_to_end(token)
         while len(self._lru) > self._size:
@@ -137,5 +148,6 @@ class ConfStore:
 
     def close(self) -> None:
         """Drop every chain (the worker stops): plugins release their configs."""
+        self._last, self._last_entry = -1, None
         while self._lru:
             release(self._lru.popitem(last=False)[1][0])
