@@ -78,7 +78,7 @@ def write_u32(w: BytesWriter, value: int) -> None:
 def write_u16(w: BytesWriter, value: int) -> None:
     """Append ``value`` (0 <= value < 2**16) as a little-endian u16."""
     if not 0 <= value <= 0xFFFF:
-        raise OverflowError(f"{value} does not fit in a u16")
+        raise ValueError(f"{value} does not fit in a u16")
     write_i16_le(w, value - 0x10000 if value > 0x7FFF else value)
 
 

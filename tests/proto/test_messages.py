@@ -83,11 +83,36 @@ def test_stop_reply() -> None:
     assert result.action == Stop(405, [("X-Same", "one"), ("X-Same", "two")], b"cat\0\xff")
 
 
-@pytest.mark.parametrize("body", [b"", b"x", b"four", b"\0" * 1000])
+# Bodies up to 4 KiB are written into the reply's buffer, larger ones joined
+# to it at the end: both sides of that line, with headers before the body.
+BODIES = [b"", b"x", b"four", b"\0" * 1000, b"b" * 4096, b"c" * 4097, bytes(range(256)) * 400]
+
+
+@pytest.mark.parametrize("body", BODIES)
 def test_stop_reply_without_headers(body: bytes) -> None:
     result = parse_req_reply(build_req_call_stop((1 << 32) - 1, 200, [], body))
     assert result.id == (1 << 32) - 1
     assert result.action == Stop(200, [], body)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_stop_and_rewrite_replies_carry_any_body(body: bytes) -> None:
+    headers = [("x-a", "1"), ("x-gone", None)]
+    assert parse_req_reply(build_req_call_stop(7, 403, headers, body)).action == Stop(
+        403, headers, body
+    )
+    frame = build_req_call_rewrite(7, "/p", headers, [("q", "v")], [], body)
+    assert parse_req_reply(frame).action == Rewrite("/p", headers, [("q", "v")], [], body or None)
+    resp = testing.parse_resp_call_resp(bytes(build_resp_call_resp(7, 201, headers, body)[4:]), [])
+    assert (resp.status, resp.headers, resp.body) == (201, headers, body or None)
+
+
+@pytest.mark.parametrize("status", [-1, 65536, 1 << 40])
+def test_a_status_outside_u16_is_refused_not_wrapped(status: int) -> None:
+    with pytest.raises(ValueError):
+        build_req_call_stop(1, status, [], b"")
+    with pytest.raises(ValueError):
+        build_resp_call_resp(1, status, None, None)
 
 
 def test_none_reply() -> None:
@@ -140,6 +165,16 @@ def test_extra_info_requests() -> None:
 def test_extra_info_resp() -> None:
     assert ExtraInfoResp(memoryview(testing.build_extra_info_resp(b"\0\1"))).result == b"\0\1"
     assert ExtraInfoResp(memoryview(testing.build_extra_info_resp(None))).result is None
+
+
+@pytest.mark.parametrize("size", [4000, 4096, 4097, 100_000])
+def test_extra_info_resp_on_both_sides_of_the_copy_threshold(size: int) -> None:
+    # Answers up to 4 KiB are copied and read as bytes, larger ones in place.
+    result = bytes(range(256)) * (size // 256) + b"\xff" * (size % 256)
+    assert ExtraInfoResp(memoryview(testing.build_extra_info_resp(result))).result == result
+    truncated = memoryview(testing.build_extra_info_resp(result))[:-16]  # past any padding
+    with pytest.raises(DecodeError):
+        ExtraInfoResp(truncated)
 
 
 def test_err_and_prepare_replies() -> None:
