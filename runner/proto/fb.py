@@ -421,11 +421,15 @@ def write_text_vector(
     vector's offsets are written as zeros and filled in as each entry lands.
     """
     vt_name = vtables + 8
-    write_u32(w, len(pairs))
+    # A list is indexed natively when compiled; any other sequence is copied.
+    items = pairs if isinstance(pairs, list) else list(pairs)
+    count = len(items)
+    write_u32(w, count)
     slot = len(w)
-    for _ in pairs:
+    for _ in range(count):
         write_u32(w, 0)
-    for name, value in pairs:
+    for i in range(count):
+        name, value = items[i]
         nb = encoded(name)
         ln = len(nb)
         pos = len(w)
@@ -439,7 +443,7 @@ def write_text_vector(
             vb = encoded(value)
             write_u32(w, pos - vtables)
             write_u32(w, 8)  # the name, after this slot and the value's
-            write_u32(w, 8 + ln + len(PADS[ln & 3]))  # the value, after the name
+            write_u32(w, 12 + ln - (ln & 3))  # the value, after the name and its NUL + padding
             write_string(w, nb)
             write_string(w, vb)
 

@@ -381,6 +381,17 @@ def _rewrite_layout(mask: int) -> _RewriteLayout:
 _REWRITE_LAYOUTS: Final = [_rewrite_layout(mask) for mask in range(32)]
 
 
+def _vector_field(
+    w: BytesWriter, slot: int, vector: Sequence[tuple[str, str | None]], vtables: int
+) -> int:
+    """Write a Rewrite's vector field unless it is empty; returns the next offset slot."""
+    if not vector:
+        return slot
+    put_u32(w, slot, len(w) - slot)
+    write_text_vector(w, vector, vtables)
+    return slot + 4
+
+
 def build_req_call_rewrite(
     req_id: int,
     path: str | None,
@@ -405,11 +416,9 @@ def build_req_call_rewrite(
         put_u32(w, slot, len(w) - slot)
         slot += 4
         write_string(w, encoded(path))
-    for vector in (headers, args, resp_headers):
-        if vector:
-            put_u32(w, slot, len(w) - slot)
-            slot += 4
-            write_text_vector(w, vector, vtables)
+    slot = _vector_field(w, slot, headers, vtables)
+    slot = _vector_field(w, slot, args, vtables)
+    slot = _vector_field(w, slot, resp_headers, vtables)
     if not body:
         return _framed(w, _REQ_CALL_HI)
     put_u32(w, slot, len(w) - slot)
