@@ -130,6 +130,27 @@ def test_backend_is_bounded_and_evicts_least_recently_used(make: Make) -> None:
     assert [store.get(t) is not None for t in tokens] == [False, False, True, True, True]
 
 
+def test_the_worker_cache_evicts_the_least_recently_used_chain(make: Make) -> None:
+    store, _ = make(cache=2)
+    a, b = store.prepare("a", []), store.prepare("b", [])
+    chain_a, chain_b = store.get(a), store.get(b)
+    for _ in range(3):  # a becomes the most recent; repeated calls on it take the short way
+        assert store.get(a) is chain_a
+    store.prepare("c", [])  # the cache holds 2: b, the least recently used, goes
+    assert store.get(a) is chain_a
+    assert store.get(b) is not chain_b  # rebuilt from the backend
+
+
+def test_a_chain_evicted_right_after_its_calls_is_not_handed_out_again(make: Make) -> None:
+    store, _ = make(cache=1)
+    a = store.prepare("a", [("counting", '{"n": 1}')])
+    chain_a = store.get(a)
+    assert store.get(a) is chain_a
+    store.prepare("b", [])  # evicts (and releases) a's chain
+    again = store.get(a)
+    assert again is not None and again is not chain_a
+
+
 def test_tokens_start_at_a_random_offset(make: Make) -> None:
     firsts = {make()[0].prepare("k", []) for _ in range(5)}
     assert len(firsts) == 5 and 0 not in firsts
