@@ -13,9 +13,27 @@ ever) the originals are decoded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Final
 
 Pairs = Iterable[tuple[str, str | None]]
 Values = list[str | None]
+
+# Names lower-cased, by the name as a plugin gives it: plugins set the same
+# few headers on every call, and a cached key is neither allocated nor hashed
+# again (a str keeps its hash). Bounded in count and length, so names made up
+# per request are lowered as before but not kept.
+_LOWER: Final[dict[str, str]] = {}
+_LOWER_MAX: Final = 4096
+_LOWER_LEN: Final = 64
+
+
+def _lower(name: str) -> str:
+    key = _LOWER.get(name)
+    if key is None:
+        key = name.lower()
+        if len(_LOWER) < _LOWER_MAX and len(name) <= _LOWER_LEN:
+            _LOWER[name] = key
+    return key
 
 
 class MultiDict(MutableMapping[str, str | None]):
@@ -39,7 +57,7 @@ class MultiDict(MutableMapping[str, str | None]):
             self._fill(pairs)
 
     def _key(self, name: str) -> str:
-        return name.lower() if self._fold_case else name
+        return _lower(name) if self._fold_case else name
 
     def _fill(self, pairs: Pairs) -> None:
         values_of = self._values
@@ -87,7 +105,7 @@ class MultiDict(MutableMapping[str, str | None]):
     def __setitem__(self, name: str, value: str | None) -> None:
         # _write, inlined: setting a header is what most plugins do on every
         # call, and two Python calls cost more than the rest of it.
-        key = name.lower() if self._fold_case else name
+        key = _lower(name) if self._fold_case else name
         names = self._names
         if key not in names:
             names[key] = name

@@ -52,3 +52,18 @@ def test_args_keep_case_and_valueless_args() -> None:
     a.add("xx", "v")
     a.discard("y")
     assert a.rewrite_entries() == [("xx", "w"), ("xx", "v"), ("y", None)]
+
+
+def test_names_made_up_per_request_do_not_grow_the_lowered_name_cache() -> None:
+    from runner.api import multidict
+
+    h = Headers()
+    h["X-Kept"] = "1"
+    assert multidict._LOWER.get("X-Kept") == "x-kept"
+    for i in range(multidict._LOWER_MAX + 100):
+        h[f"X-Made-Up-{i}"] = "v"
+    assert len(multidict._LOWER) <= multidict._LOWER_MAX
+    long_name = "X-" + "L" * 100
+    h[long_name] = "v"
+    assert long_name not in multidict._LOWER
+    assert h[long_name.lower()] == "v" and h["x-made-up-4100"] == "v"
