@@ -10,6 +10,12 @@ and per function (the compiled build's functions are its C symbols,
 ``CPyDef_<module>___<function>``).
 
     python -m bench.micro.icount WORKLOAD [WORKLOAD ...] [--calls 2000] [--top 25]
+    python -m bench.micro.icount --suite    # the target table, in instructions
+
+``--suite`` measures the load generator's target workloads and the bare-loop
+floor rows, and judges each workload against its floor with the target
+table's ratios (bench/loadgen.py): the same table as ``bench.loadgen
+--suite``, without the kernel's share and without the machine's noise.
 
 Needs valgrind (Debian: ``apt-get install valgrind``). An instruction is not a
 nanosecond (cache misses and branch mispredictions cost more), but fewer
@@ -28,6 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import loadgen
 from bench.micro.harness import FLOORS, WORKLOADS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +77,11 @@ def _table(costs: dict[str, float], top: int, title: str) -> list[str]:
     return lines
 
 
-def measure(workload: str, calls: int, top: int) -> list[str]:
+def costs_per_call(
+    workload: str, calls: int, inclusive: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(self, inclusive) instructions per call by function; the inclusive
+    table is empty unless asked for."""
     # The harness's warm-up is min(calls, 2000), so with calls >= 2000 both
     # runs warm up alike and differ by exactly 5 x calls (it runs 5 rounds).
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +90,37 @@ def measure(workload: str, calls: int, top: int) -> list[str]:
         _run(workload, 2 * calls, large)
         n = 5 * calls
         self_cost = per_call(_costs(small, False), _costs(large, False), n)
-        inclusive = per_call(_costs(small, True), _costs(large, True), n)
+        if not inclusive:
+            return self_cost, {}
+        return self_cost, per_call(_costs(small, True), _costs(large, True), n)
+
+
+def suite_rows(counts: dict[str, float]) -> list[str]:
+    """The target table from instruction counts: each judged workload
+    against its floor row, with the load generator's ratio."""
+    lines = ["| workload | instructions per call | floor | ratio | target | result |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, w in loadgen.WORKLOADS.items():
+        if w.floor_target is None or name not in counts:
+            continue
+        floor, limit = w.floor_target
+        ratio = counts[name] / counts[floor]
+        verdict = "pass" if ratio <= limit else "**MISS**"
+        lines.append(f"| {name} | {counts[name]:,.0f} | {floor} {counts[floor]:,.0f} | "
+                     f"{ratio:.2f}x | <= {limit}x | {verdict} |")  # fmt: skip
+    return lines
+
+
+def suite_workloads() -> list[str]:
+    """The judged workloads of the target table, then the floors they need."""
+    judged = [n for n, w in loadgen.WORKLOADS.items() if w.floor_target and n in WORKLOADS]
+    floors = sorted({w.floor_target[0] for n, w in loadgen.WORKLOADS.items()
+                     if w.floor_target and n in judged})  # fmt: skip
+    return judged + floors
+
+
+def measure(workload: str, calls: int, top: int) -> list[str]:
+    self_cost, inclusive = costs_per_call(workload, calls)
     lines = [f"{workload}: {self_cost['PROGRAM TOTALS']:,.0f} instructions per call"]
     # Inclusive costs of the interpreter's frames say nothing (everything runs
     # under them); the compiled build's functions are what a tree shows.
@@ -92,8 +133,9 @@ def measure(workload: str, calls: int, top: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("workloads", nargs="+", choices=sorted([*WORKLOADS, *FLOORS]),
+    p.add_argument("workloads", nargs="*", choices=sorted([*WORKLOADS, *FLOORS]),
                    metavar="WORKLOAD")  # fmt: skip
+    p.add_argument("--suite", action="store_true", help="the target table, in instructions")
     p.add_argument("--calls", type=int, default=2000, help="N (at least 2000)")
     p.add_argument("--top", type=int, default=25, help="functions shown per table")
     a = p.parse_args(argv)
@@ -102,7 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if a.calls < 2000:
         p.error("--calls must be at least 2000 (the harness warms up with 2000 calls)")
+    if not a.suite and not a.workloads:
+        p.error("name at least one WORKLOAD, or --suite")
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in both runs
+    if a.suite:
+        counts: dict[str, float] = {}
+        for workload in suite_workloads():
+            counts[workload] = costs_per_call(workload, a.calls, False)[0]["PROGRAM TOTALS"]
+            print(f"{workload}: {counts[workload]:,.0f} instructions per call", flush=True)
+        print("\n".join(suite_rows(counts)))
+        return 0
     for workload in a.workloads:
         print("\n".join(measure(workload, a.calls, a.top)), flush=True)
     return 0
