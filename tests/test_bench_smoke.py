@@ -39,6 +39,16 @@ def test_harness_runs_every_workload() -> None:
         assert bench.replies == 3, name
 
 
+def test_harness_runs_the_floor_references() -> None:
+    # The bare loop fed like the runner: a Stop per call, and for floor-var
+    # an ExtraInfo question answered first (icount's floor rows).
+    for name in harness.FLOORS:
+        bench = harness.in_process(name)
+        harness.run_calls(bench, 3, harness.is_async_chain(bench))
+        assert bench.replies == 3, name
+        assert bench.last_reply == bench.conn.replies.stop  # type: ignore[union-attr]
+
+
 def test_loadgen_workload_options() -> None:
     opts, suite, _ = loadgen.parse_args(["--workload", "var-stop", "--duration", "1"])
     assert suite is None
