@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
@@ -102,6 +102,7 @@ class Options:
     progress: bool = False  # live progress bar on stderr
     plugin_dirs: tuple[str, ...] = ()  # more plugin directories for a runner started here
     runner_config: str | None = None  # a config.yaml to start that runner with
+    pin: bool = False  # the runner started here on its own CPUs, the clients on the others
 
     def client_processes(self) -> int:
         wanted = self.processes or (1 if self.connections <= 16 else 2)
@@ -380,11 +381,32 @@ def runner_config(base: str | None, plugin_dirs: tuple[str, ...]) -> dict[str, A
     return config
 
 
+def pin_sets(workers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(runner CPUs, load generator CPUs) for --pin: the first ``workers`` of
+    the CPUs this process may use for the runner (and the bare-loop floor,
+    which takes the same turns), the rest for the client processes. Pinned,
+    neither side's CPU time moves with where the scheduler put the other."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) <= workers:
+        raise ValueError(f"--pin needs more CPUs than workers: {len(cpus)} CPUs, {workers} workers")
+    return tuple(cpus[:workers]), tuple(cpus[workers:])
+
+
+def _pinned(cpus: tuple[int, ...]) -> Callable[[], None] | None:
+    """A preexec_fn setting the child's CPUs before it runs (its workers inherit them)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 @contextlib.contextmanager
 def managed_runner(
-    workers: int, plugin_dirs: tuple[str, ...] = (), base_config: str | None = None
+    workers: int,
+    plugin_dirs: tuple[str, ...] = (),
+    base_config: str | None = None,
+    cpus: tuple[int, ...] = (),
 ) -> Iterator[tuple[str, int]]:
-    """Start `python -m runner start`; yields (socket path, pid)."""
+    """Start `python -m runner start` (on ``cpus``, if any); yields (socket path, pid)."""
     tmp = tempfile.mkdtemp(prefix="lg-", dir="/tmp")
     sock, log_path = os.path.join(tmp, "r.sock"), os.path.join(tmp, "runner.log")
     config = os.path.join(tmp, "config.yaml")
@@ -395,8 +417,9 @@ def managed_runner(
     env = {**os.environ, "APISIX_LISTEN_ADDRESS": f"unix:{sock}"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_pinned(cpus),
+        )  # fmt: skip
     try:
         _wait_for_socket(sock, proc, log_path)
         yield sock, proc.pid
@@ -418,6 +441,7 @@ class ClientConfig:
     variables: tuple[tuple[str, str], ...]
     body_size: int
     timeout: float
+    cpus: tuple[int, ...] = ()  # --pin: the CPUs this client process runs on
 
 
 class Conn(asyncio.Protocol):
@@ -678,6 +702,8 @@ class _Ticker:
 def client_process(cfg: ClientConfig, pipe: Connection, progress: Any) -> None:
     """Entry point of a client process (multiprocessing target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    if cfg.cpus:
+        os.sched_setaffinity(0, cfg.cpus)
     try:
         pipe.send(("result", uvloop.run(client_main(cfg, pipe, progress))))
     except Exception as exc:
@@ -701,8 +727,9 @@ def _start_children(opts: Options, path: str) -> list[Child]:
     children = []
     for i in range(n):
         share = opts.connections // n + (1 if i < opts.connections % n else 0)
+        cpus = pin_sets(opts.workers)[1] if opts.pin else ()
         cfg = ClientConfig(
-            i, path, share, opts.conf, request, opts.variables, opts.body_size, opts.timeout
+            i, path, share, opts.conf, request, opts.variables, opts.body_size, opts.timeout, cpus
         )
         parent_end, child_end = ctx.Pipe()
         progress = ctx.RawValue("Q", 0)
@@ -877,7 +904,8 @@ def run(opts: Options) -> Result:
     """
     if opts.socket:
         return _run_against(opts, opts.socket.removeprefix("unix:"), opts.pids)
-    with managed_runner(opts.workers, opts.plugin_dirs, opts.runner_config) as (path, pid):
+    cpus = pin_sets(opts.workers)[0] if opts.pin else ()
+    with managed_runner(opts.workers, opts.plugin_dirs, opts.runner_config, cpus) as (path, pid):
         return _run_against(opts, path, (pid,))
 
 
@@ -1058,9 +1086,9 @@ def rss_mib(pid: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def fake_runner(extra_var: str | None) -> Iterator[tuple[str, int]]:
+def fake_runner(extra_var: str | None, cpus: tuple[int, ...] = ()) -> Iterator[tuple[str, int]]:
     """`python -m bench.fake_runner` (the floor: a bare uvloop server answering
-    precomputed frames); yields (socket path, pid)."""
+    precomputed frames), on ``cpus`` if any; yields (socket path, pid)."""
     tmp = tempfile.mkdtemp(prefix="lg-fake-", dir="/tmp")
     sock, log_path = os.path.join(tmp, "f.sock"), os.path.join(tmp, "fake.log")
     cmd = [sys.executable, "-m", "bench.fake_runner", sock]
@@ -1068,8 +1096,9 @@ def fake_runner(extra_var: str | None) -> Iterator[tuple[str, int]]:
         cmd += ["--extra-var", extra_var]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_pinned(cpus),
+        )  # fmt: skip
     try:
         _wait_for_socket(sock, proc, log_path)
         yield sock, proc.pid
@@ -1090,6 +1119,7 @@ class SuiteOptions:
     floor: bool = True  # also measure bench.fake_runner, the bare-loop floor
     prepare_count: int = 200
     progress: bool = False
+    pin: bool = False  # see Options.pin
 
 
 @dataclasses.dataclass
@@ -1126,6 +1156,8 @@ def _workload_options(w: Workload, s: SuiteOptions) -> Options:
         warmup=s.warmup,
         variables=SUITE_VARS,
         progress=s.progress,
+        workers=s.workers,
+        pin=s.pin,
     )
 
 
@@ -1165,11 +1197,14 @@ def run_suite(s: SuiteOptions) -> dict[str, Any]:
     prepares: list[PrepareResult] = []
     plugin_dirs = (BENCH_PLUGINS, *s.plugin_dirs)
     with contextlib.ExitStack() as stack:
-        path, pid = stack.enter_context(managed_runner(s.workers, plugin_dirs, s.runner_config))
+        cpus = pin_sets(s.workers)[0] if s.pin else ()
+        path, pid = stack.enter_context(
+            managed_runner(s.workers, plugin_dirs, s.runner_config, cpus)
+        )
         fakes = {}
         if s.floor:
-            fakes["floor-stop"] = stack.enter_context(fake_runner(None))
-            fakes["floor-var"] = stack.enter_context(fake_runner("remote_addr"))
+            fakes["floor-stop"] = stack.enter_context(fake_runner(None, cpus))
+            fakes["floor-var"] = stack.enter_context(fake_runner("remote_addr", cpus))
         workers = [p for p in descendants((pid,)) if p != pid]
         at_start = {str(p): rss_mib(p) for p in workers}
         runs = s.rounds * (len(workloads) + len(fakes) + 1)  # + 1: the PrepareConf round
@@ -1404,6 +1439,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--body-size", type=int, default=0, help="ExtraInfo ReqBody size")
     p.add_argument("--timeout", type=float, default=60.0, help="per-frame read timeout (s)")
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    p.add_argument(
+        "--pin", action="store_true",
+        help="run the runner started here (and the floor) on the first --workers CPUs and the "
+        "client processes on the others: less noise from the scheduler moving them",
+    )  # fmt: skip
     suite = p.add_argument_group("the target table (--suite)")
     suite.add_argument(
         "--suite",
@@ -1462,6 +1502,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, SuiteOptions | N
             floor=not a.no_floor,
             prepare_count=a.prepare_count,
             progress=progress,
+            pin=a.pin,
         )
     opts = Options(
         socket=a.socket,
@@ -1478,7 +1519,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, SuiteOptions | N
         progress=progress,
         plugin_dirs=plugin_dirs,
         runner_config=a.runner_config,
+        pin=a.pin,
     )
+    if a.pin:
+        if a.socket:
+            p.error("--pin places the runner it starts; it cannot pin one given by --socket")
+        try:
+            pin_sets(a.workers)
+        except ValueError as exc:
+            p.error(str(exc))
     return opts, suite, a.json
 
 

@@ -59,6 +59,22 @@ def test_loadgen_workload_options() -> None:
     assert suite is not None and suite.workloads == ("stop",) and out == "x.json"
 
 
+def test_pin_gives_the_runner_its_workers_cpus_and_the_clients_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loadgen.os, "sched_getaffinity", lambda pid: {3, 1, 2, 0})
+    assert loadgen.pin_sets(1) == ((0,), (1, 2, 3))
+    assert loadgen.pin_sets(3) == ((0, 1, 2), (3,))
+    with pytest.raises(ValueError, match="4 CPUs, 4 workers"):
+        loadgen.pin_sets(4)
+    opts, suite, _ = loadgen.parse_args(["--suite", "--pin", "--only", "stop"])
+    assert opts.pin and suite is not None and suite.pin
+    with pytest.raises(SystemExit):
+        loadgen.parse_args(["--pin", "--socket", "/tmp/x.sock"])
+    with pytest.raises(SystemExit):
+        loadgen.parse_args(["--pin", "--workers", "4"])
+
+
 def test_loadgen_rejects_unknown_workloads() -> None:
     with pytest.raises(SystemExit):
         loadgen.parse_args(["--suite", "--only", "nope"])
