@@ -15,7 +15,7 @@ import runpy
 import sys
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HOTPATH = runpy.run_path(os.path.join("runner", "hotpath.py"))
@@ -28,8 +28,8 @@ def note(message: str) -> None:
 
 def remove_stale_builds() -> None:
     """Extensions an earlier in-place build left would shadow the .py files."""
-    for path in HOTPATH["module_paths"]():
-        for built in glob.glob(path[: -len(".py")] + ".*.so"):
+    for path in [*HOTPATH["module_paths"](), *HOTPATH["helper_paths"]()]:
+        for built in glob.glob(os.path.splitext(path)[0] + ".*.so"):
             os.remove(built)
     for built in glob.glob(f"{GROUP}__mypyc.*.so"):
         os.remove(built)
@@ -71,14 +71,19 @@ def compiled_extensions() -> list[Any]:
         # rest of the runner is type-checked without its errors (CI runs
         # mypy --strict on everything).
         options = ["--ignore-missing-imports", "--follow-imports=silent"]
-        return list(
-            mypycify(
+        helpers = [
+            Extension(name, [path], extra_compile_args=["-O3"])
+            for name, path in zip(HOTPATH["C_HELPERS"], HOTPATH["helper_paths"](), strict=True)
+        ]
+        return [
+            *mypycify(
                 [*options, *HOTPATH["module_paths"]()],
                 opt_level="3",
                 debug_level="0",
                 group_name=GROUP,
-            )
-        )
+            ),
+            *helpers,
+        ]
     except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
         note(f"mypyc could not compile the hot path ({exc!r}); installing the pure-Python build")
         remove_stale_builds()

@@ -26,6 +26,10 @@ MODULES = (
     "runner.server.conn",
 )
 
+#: Hand-written C helpers built beside them, each from ``<module path>.c``;
+#: the pure build runs their Python twins (``frame.cut_payload``).
+C_HELPERS = ("runner.proto._cutframe",)
+
 #: Setting this variable to anything but "" or "0" installs the pure-Python build.
 PURE_ENV = "APISIX_RUNNER_PURE_PYTHON"
 
@@ -35,17 +39,25 @@ def module_paths() -> list[str]:
     return [name.replace(".", "/") + ".py" for name in MODULES]
 
 
+def helper_paths() -> list[str]:
+    """The C sources of :data:`C_HELPERS`, relative to the project root."""
+    return [name.replace(".", "/") + ".c" for name in C_HELPERS]
+
+
 def compiled_modules() -> list[str]:
-    """The modules of :data:`MODULES` this process imported as extensions."""
+    """The modules of :data:`MODULES` this process imported as extensions,
+    and the :data:`C_HELPERS` it can import."""
     import importlib
     import importlib.machinery
+    import importlib.util
 
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    return [
+    compiled = [
         name
         for name in MODULES
         if (getattr(importlib.import_module(name), "__file__", None) or "").endswith(suffixes)
     ]
+    return compiled + [name for name in C_HELPERS if importlib.util.find_spec(name) is not None]
 
 
 def build(compiled: list[str] | None = None) -> str:
@@ -53,7 +65,7 @@ def build(compiled: list[str] | None = None) -> str:
     not: a broken install, named so in the start-up log and ``--version``).
     ``compiled``: compiled_modules(), where the caller has it already."""
     count = len(compiled_modules() if compiled is None else compiled)
-    if count == len(MODULES):
+    if count == len(MODULES) + len(C_HELPERS):
         return "compiled"
     return "pure" if count == 0 else "partial"
 
@@ -63,8 +75,8 @@ def describe() -> str:
     compiled = compiled_modules()
     kind = build(compiled)
     if kind == "compiled":
-        return f"hot path compiled with mypyc ({len(MODULES)} modules)"
+        return f"hot path compiled with mypyc ({len(MODULES)} modules) and C ({len(C_HELPERS)})"
     if kind == "pure":
         return "hot path in pure Python (no compiled build installed)"
-    missing = sorted(set(MODULES) - set(compiled))
+    missing = sorted({*MODULES, *C_HELPERS} - set(compiled))
     return f"hot path partly compiled: {', '.join(missing)} not compiled; reinstall the runner"

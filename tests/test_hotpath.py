@@ -31,7 +31,7 @@ def test_the_build_is_the_one_installed() -> None:
 
 
 def test_every_listed_module_exists_and_no_plugin_is_compiled() -> None:
-    for path in hotpath.module_paths():
+    for path in [*hotpath.module_paths(), *hotpath.helper_paths()]:
         assert (ROOT / path).is_file(), path
     assert not any(m.startswith(("plugins", "runner.bundled_plugins")) for m in hotpath.MODULES)
 
@@ -68,7 +68,7 @@ def test_asking_for_the_pure_build_removes_stale_compiled_modules(tmp_path: Path
     (tmp_path / "runner").mkdir()
     (tmp_path / "runner" / "hotpath.py").write_text((ROOT / "runner" / "hotpath.py").read_text())
     stale = []
-    for path in hotpath.module_paths():
+    for path in [*hotpath.module_paths(), *hotpath.helper_paths()]:
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("")

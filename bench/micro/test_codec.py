@@ -63,7 +63,7 @@ def test_frame_decode(benchmark: Bench, impl: str, call_frame: bytes) -> None:
     naive = baseline.NaiveFrameReader()
     size = len(call_frame)
 
-    def ours() -> tuple[int, memoryview] | None:
+    def ours() -> tuple[int, bytes | memoryview] | None:
         buf = decoder.get_buffer()
         buf[:size] = call_frame  # what the kernel does in recv_into
         decoder.advance(size)

@@ -290,21 +290,23 @@ class Table:
         return out
 
 
-# An ExtraInfo answer up to this size is copied once and read with the bytes
-# readers (a variable's value: the usual answer); a larger one (a body, up
-# to 16 MiB) is read in place, so its bytes are copied only into the result.
+# An answer in a view up to this size is copied once and read with the bytes
+# readers; a larger one (a body, up to 16 MiB, which the connection hands in
+# as a view of its own buffer) is read in place, so its bytes are copied only
+# into the result. Answers that fit the receive buffer arrive as bytes.
 _COPY_ANSWER_MAX: Final = 4096
 
 
-def root_bytes0(buf: memoryview) -> bytes | None:
+def root_bytes0(buf: bytes | memoryview) -> bytes | None:
     """Field 0 of the root table as a ``[ubyte]`` vector (None when absent).
 
     Every ExtraInfo answer is read here, and it is this message's only field.
-    A large one is ``Table.root(buf).byte_vector(0)`` written out with no
-    Table object and no copy of the payload, with the same checks."""
-    size = len(buf)
-    if size <= _COPY_ANSWER_MAX:
+    A large one in a view of its own buffer (a body, up to 16 MiB) is
+    ``Table.root(buf).byte_vector(0)`` written out with no Table object and no
+    copy of the payload, with the same checks."""
+    if isinstance(buf, bytes) or len(buf) <= _COPY_ANSWER_MAX:
         return Table.root(buf).byte_vector(0)
+    size = len(buf)
     if size < 8:
         raise DecodeError(_TOO_SHORT.format(size))
     u32 = _U32.unpack_from

@@ -13,17 +13,21 @@ prefix, no file identifier). The length field cannot express more than
 
 :class:`FrameDecoder` is sans-IO and owns the receive buffer: the transport asks
 it where to read (``get_buffer``), says how many bytes arrived (``advance``) and
-then pulls complete frames (``next_frame``). A frame that lies inside the
-buffer is handed out as a ``memoryview`` slice, with no copy. A frame larger
-than the buffer gets a buffer of exactly its size and the transport reads
-straight into it, so even a 16 MiB body is copied by nobody but the kernel.
+then pulls complete frames (``next_payload``). The kernel reads into the
+buffer in place; a frame that lies inside it is copied out once, into the
+``bytes`` its message view keeps (a view must outlive the buffer: an async
+call reads its request later). A frame larger than the buffer gets a buffer
+of exactly its size and the transport reads straight into it, so even a
+16 MiB body is copied by nobody but the kernel until a plugin asks for it.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 import mmap
 import struct
+from collections.abc import Callable
 from typing import Final
 
 HEADER_SIZE: Final = 4
@@ -45,6 +49,35 @@ class FrameTooLarge(ValueError):
     """A payload that the 24-bit length field cannot carry."""
 
 
+def cut_payload(buf: bytearray, start: int, end: int) -> bytes | None:
+    """The payload of the frame whose header is at ``buf[start]``, copied into
+    ``bytes``, once the whole frame lies in ``buf[start:end]``; None until then.
+
+    The pure build runs this; the compiled build runs the same function
+    written in C (``_cutframe.c``: one copy, where this compiled costs a
+    memoryview slice, a ``tobytes()`` and four boxed byte reads)."""
+    if start < 0 or end < start or end > len(buf):
+        raise IndexError(f"cut_payload(): [{start}:{end}] outside a {len(buf)}-byte buffer")
+    if end - start < HEADER_SIZE:
+        return None
+    length = buf[start + 1] << 16 | buf[start + 2] << 8 | buf[start + 3]
+    if end - start - HEADER_SIZE < length:
+        return None
+    begin = start + HEADER_SIZE
+    return memoryview(buf)[begin : begin + length].tobytes()
+
+
+def _load_cut() -> Callable[[bytearray, int, int], bytes | None]:
+    """The C frame cutter where the compiled build installed it, else the Python one."""
+    try:
+        return importlib.import_module("runner.proto._cutframe").cut_payload  # type: ignore[no-any-return]
+    except ImportError:
+        return cut_payload
+
+
+_CUT: Final = _load_cut()
+
+
 def encode_header(rpc_type: int, length: int) -> bytes:
     if length > MAX_PAYLOAD:
         raise FrameTooLarge(f"the max length of a frame is {MAX_PAYLOAD} but got {length}")
@@ -56,13 +89,9 @@ def encode_frame(rpc_type: int, payload: bytes | bytearray) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into ``(type, payload view)`` frames, zero-copy.
-
-    Views returned by :meth:`next_frame` stay valid until the next
-    :meth:`get_buffer` call, which may reuse the memory. A consumer that needs
-    the bytes longer copies them: the message views do, once, when they are
-    decoded (``fb.Table.root``), so an async call outlives the read buffer.
-    """
+    """Splits a byte stream into frames: the payload of one that fit the
+    buffer as ``bytes`` (its one copy), of a larger one as a view of the
+    buffer it was read into, which is its own and is never reused."""
 
     __slots__ = (
         "_big", "_big_fill", "_big_type", "_buf", "_chunk", "_end", "_mv", "_start", "frame_type",
@@ -99,14 +128,18 @@ class FrameDecoder:
         else:
             self._end += nbytes
 
-    def next_frame(self) -> tuple[int, memoryview] | None:
+    def next_frame(self) -> tuple[int, bytes | memoryview] | None:
         """The next complete frame as ``(type, payload)``, or None until more bytes arrive."""
         payload = self.next_payload()
         return None if payload is None else (self.frame_type, payload)
 
-    def next_payload(self) -> memoryview | None:
+    def next_payload(self) -> bytes | memoryview | None:
         """The next complete frame's payload (its type in ``frame_type``),
-        or None until more bytes arrive. The connection's way in: no tuple."""
+        or None until more bytes arrive. The connection's way in: no tuple.
+
+        A frame inside the receive buffer comes out as ``bytes``, copied once
+        (every message view needs its own copy, so that it outlives the
+        buffer); a frame larger than the buffer as a view of its own buffer."""
         big = self._big
         if big is not None:
             if self._big_fill < len(big):
@@ -115,20 +148,16 @@ class FrameDecoder:
             self.frame_type = self._big_type
             return memoryview(big)
         start = self._start
-        avail = self._end - start
-        if avail < HEADER_SIZE:
-            return None
         buf = self._buf
-        # Four byte reads, not struct: compiled, a struct call costs several
-        # times more in argument parsing than these in indexing.
-        length: int = buf[start + 1] << 16 | buf[start + 2] << 8 | buf[start + 3]
-        if avail - HEADER_SIZE >= length:
-            begin = start + HEADER_SIZE
-            self._start = begin + length
+        payload = _CUT(buf, start, self._end)
+        if payload is not None:
+            self._start = start + HEADER_SIZE + len(payload)
             self.frame_type = buf[start]
-            return self._mv[begin : begin + length]
-        if HEADER_SIZE + length > len(buf):
-            self._start_big(buf[start], length)
+            return payload
+        if self._end - start >= HEADER_SIZE:
+            length = buf[start + 1] << 16 | buf[start + 2] << 8 | buf[start + 3]
+            if HEADER_SIZE + length > len(buf):
+                self._start_big(buf[start], length)
         return None
 
     def pending(self) -> int:

@@ -187,7 +187,7 @@ class ExtraInfoResp:
 
     __slots__ = ("result",)
 
-    def __init__(self, payload: memoryview) -> None:
+    def __init__(self, payload: bytes | memoryview) -> None:
         self.result = root_bytes0(payload)
 
 

@@ -54,6 +54,9 @@ REQ_CALL: Final = RPC_NAMES[RpcType.HTTP_REQ_CALL]
 RESP_CALL: Final = RPC_NAMES[RpcType.HTTP_RESP_CALL]
 _EXTRA_INFO: Final = int(RpcType.EXTRA_INFO)  # an enum member costs an attribute lookup
 _REQ_CALL_FRAME: Final = int(RpcType.HTTP_REQ_CALL)
+# A frame's payload: bytes when it fit the receive buffer, a view of its own
+# buffer when it did not (FrameDecoder.next_payload).
+Payload = bytes | memoryview
 _OUTCOMES: Final = dispatch.OUTCOMES
 
 
@@ -129,7 +132,7 @@ class Connection(asyncio.BufferedProtocol):
         self._late = 0
         self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
-        self._handlers: dict[int, Callable[[memoryview], None]] = {
+        self._handlers: dict[int, Callable[[Payload], None]] = {
             RpcType.PREPARE_CONF: self._prepare_conf,
             RpcType.HTTP_REQ_CALL: self._req_call,
             RpcType.HTTP_RESP_CALL: self._resp_call,
@@ -223,7 +226,7 @@ class Connection(asyncio.BufferedProtocol):
             self._metrics.conf_not_found += 1
         return dispatch.ERR_TOKEN_NOT_FOUND
 
-    def _prepare_conf(self, payload: memoryview) -> None:
+    def _prepare_conf(self, payload: Payload) -> None:
         t0 = perf_counter()
         key = "?"
         try:
@@ -243,7 +246,7 @@ class Connection(asyncio.BufferedProtocol):
             frame = build_prepare_conf_resp(token)
         self._reply(PREPARE_CONF, frame, t0)
 
-    def _req_call(self, payload: memoryview) -> None:
+    def _req_call(self, payload: Payload) -> None:
         t0 = perf_counter() if self._metrics is not None else 0.0
         try:
             view = ReqCallView(payload)
@@ -270,7 +273,7 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 self._reply(REQ_CALL, frame, t0)
 
-    def _resp_call(self, payload: memoryview) -> None:
+    def _resp_call(self, payload: Payload) -> None:
         t0 = perf_counter() if self._metrics is not None else 0.0
         try:
             view = RespCallView(payload)  # a copy of its own (Table.root)
@@ -358,7 +361,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write(build_extra_info(info_type, name))
         return fut
 
-    def _answer(self, rpc_type: int, payload: memoryview) -> None:
+    def _answer(self, rpc_type: int, payload: Payload) -> None:
         if rpc_type != _EXTRA_INFO or not self._questions:
             limited.warning(
                 f"frame type {rpc_type} arrived while a call was in flight",

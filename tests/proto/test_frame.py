@@ -59,15 +59,19 @@ def test_large_frames_arrive_whole(size: int) -> None:
     assert feed(FrameDecoder(), data, sizes) == [(2, payload), (1, b"next")]
 
 
-def test_small_frames_are_views_of_the_buffer() -> None:
+def test_small_frames_are_copied_once_out_of_the_buffer() -> None:
+    # Every message view needs a copy of its own (it outlives the buffer),
+    # so the decoder makes that one copy: the payload is bytes, and later
+    # reads into the buffer do not change it.
     decoder = FrameDecoder()
     data = encode_frame(2, b"hello")
     buf = decoder.get_buffer()
     buf[: len(data)] = data
     decoder.advance(len(data))
     frame = decoder.next_frame()
-    assert frame is not None
-    assert frame[1].obj is decoder.get_buffer().obj  # no copy was made
+    assert frame is not None and type(frame[1]) is bytes
+    decoder.get_buffer()[: len(data)] = b"\0" * len(data)
+    assert frame == (2, b"hello")
 
 
 def test_a_message_view_outlives_the_read_buffer() -> None:
@@ -94,3 +98,45 @@ def test_pending_reports_partial_frames() -> None:
     assert decoder.pending() == 0
     feed(decoder, b"\x02\x00\x00\x05ab", [6])
     assert decoder.pending() == 6
+
+
+def _cutters() -> list[object]:
+    """The frame cutters this install has: the Python one always, the C one
+    (runner/proto/_cutframe.c) where the compiled build installed it."""
+    import importlib.util
+
+    from runner.proto import frame
+
+    found = [frame.cut_payload]
+    if importlib.util.find_spec("runner.proto._cutframe") is not None:
+        from runner.proto import _cutframe  # type: ignore[attr-defined]
+
+        found.append(_cutframe.cut_payload)
+    return found
+
+
+def test_the_installed_frame_cutter_is_the_one_the_build_promises() -> None:
+    from runner import hotpath
+    from runner.proto import frame
+
+    c_helper = frame._CUT is not frame.cut_payload
+    assert c_helper == (hotpath.build() == "compiled")
+
+
+@pytest.mark.parametrize("cut", _cutters())
+def test_frame_cutters_cut_whole_frames_only(cut: object) -> None:
+    rng = random.Random(7)
+    buf = bytearray(256)
+    for _ in range(2000):
+        length = rng.randrange(0, 40)
+        start = rng.randrange(0, 200)
+        end = rng.randrange(start, min(256, start + 4 + length + 8) + 1)
+        frame = bytes([rng.randrange(5)]) + length.to_bytes(3, "big") + rng.randbytes(length)
+        buf[start : start + len(frame)] = frame[: 256 - start]
+        whole = end - start >= 4 + length
+        got = cut(buf, start, end)  # type: ignore[operator]
+        assert got == (bytes(buf[start + 4 : start + 4 + length]) if whole else None)
+        assert got is None or type(got) is bytes
+    for bad in ((-1, 3), (5, 4), (0, 257)):
+        with pytest.raises(IndexError):
+            cut(buf, *bad)  # type: ignore[operator]
