@@ -45,3 +45,13 @@ def test_suite_rows_judge_each_workload_against_its_floor() -> None:
     assert rows[3] == "| rewrite | 1,700 | floor-stop 1,000 | 1.70x | <= 1.6x | **MISS** |"
     assert rows[4].endswith("| 1.00x | <= 1.15x | pass |")
     assert rows[5].startswith("| noop3 | 1,100 |")
+
+
+def test_the_command_line_takes_suite_alone_and_refuses_unknown_names() -> None:
+    import pytest
+
+    from bench.micro import icount
+
+    for argv in (["nope"], []):
+        with pytest.raises(SystemExit):
+            icount.main(argv)
