@@ -168,7 +168,7 @@ class FloorInProcess(InProcess):
     """The bare-loop reference (bench/fake_runner.py), fed like the runner."""
 
     def __init__(self, extra_var: str | None) -> None:
-        self.store = new_store()
+        # No conf store: the bare loop answers every call alike.
         self.call = loadgen.build_call(loadgen.realistic_request(0), 1)
         self.answers = loadgen.ExtraInfoAnswers(VARS, 0)
         self.conn = fake_runner.FakeConn(fake_runner.Replies(extra_var, 0))

@@ -88,7 +88,7 @@ class ConfStore:
             # worker has (plugins may keep per-route state in it).
             release(chain)
             self._lru.move_to_end(token)
-            self._last = -1
+            self._forget_last()
         else:
             self._remember(token, chain)
         return token
@@ -105,7 +105,7 @@ class ConfStore:
         now = self._clock()
         if now - entry[1] > self._touch_every:
             # Tell the backend at most once a minute per token, not per call.
-            self._last = -1
+            self._forget_last()
             if self._backend.lookup(token) is None:
                 del self._lru[token]
                 release(entry[0])
@@ -136,8 +136,11 @@ class ConfStore:
     def _build(self, key: str, conf: Sequence[tuple[str, str]]) -> Chain:
         return build_chain(self._plugins, key, conf, self._options, self.metrics)
 
+    def _forget_last(self) -> None:
+        self._last, self._last_entry = -1, None
+
     def _remember(self, token: int, chain: Chain) -> None:
-        self._last = -1
+        self._forget_last()
         self._lru[token] = (chain, self._clock())
         self._lru.move_to_end(token)
         while len(self._lru) > self._size:
@@ -148,6 +151,6 @@ class ConfStore:
 
     def close(self) -> None:
         """Drop every chain (the worker stops): plugins release their configs."""
-        self._last, self._last_entry = -1, None
+        self._forget_last()
         while self._lru:
             release(self._lru.popitem(last=False)[1][0])

@@ -2,8 +2,8 @@
 
 Why not the generated code: the ``flatbuffers`` runtime spends several Python
 calls per field (Table.Offset -> encode.Get -> struct). Reading the few fields a
-request needs directly with precompiled ``struct`` unpackers is several times
-cheaper, and lets every offset be checked against the buffer, so a hostile
+request needs directly (with librt's byte readers, see ``u32_at``) is several
+times cheaper, and lets every offset be checked against the buffer, so a hostile
 frame raises :class:`DecodeError` instead of reading out of bounds (a negative
 offset would otherwise index from the end of the buffer).
 
@@ -146,11 +146,10 @@ class Table:
     def root(payload: bytes | memoryview) -> Table:
         """The root table (every message starts here).
 
-        A payload cut from the read buffer is copied once into ``bytes``
-        (an HTTPReqCall is a few KB of path, args and headers; bodies come in
-        ExtraInfo answers, which root_bytes0 reads in place): the table then
-        outlives the read buffer, every string is sliced from it without
-        another copy, and the readers index it directly."""
+        The frame decoder hands in ``bytes`` (its one copy out of the read
+        buffer); a view, of a frame larger than that buffer, is copied here.
+        Either way the table outlives the read buffer, every string is sliced
+        from it without another copy, and the readers index it directly."""
         buf = payload if isinstance(payload, bytes) else payload.tobytes()
         size = len(buf)
         if size < 8:
@@ -327,10 +326,6 @@ def root_bytes0(buf: bytes | memoryview) -> bytes | None:
     return buf[vec + 4 : end].tobytes()
 
 
-#: Codec arguments that turn surrogate escapes back into the bytes they stand for.
-ESCAPE: Final = ("utf-8", "surrogateescape")
-
-
 def _text(data: bytes, size: int, field: int) -> str:
     """The string a uoffset field at ``field`` points to."""
     if field + 4 > size:
@@ -346,7 +341,7 @@ def _text(data: bytes, size: int, field: int) -> str:
     except UnicodeDecodeError:
         # HTTP allows any byte in header values (obs-text), and paths and args
         # carry what the client percent-encoded: such bytes are kept as
-        # surrogate escapes and written back as the same bytes (ESCAPE).
+        # surrogate escapes and written back as the same bytes (``encoded``).
         return data[s + 4 : end].decode("utf-8", "surrogateescape")
 
 
@@ -400,6 +395,7 @@ PADS: Final = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # NUL + padding to 4, by
 
 
 def encoded(text: str) -> bytes:
+    """UTF-8, with surrogate escapes turned back into the bytes they stand for."""
     try:
         return text.encode()
     except UnicodeEncodeError:  # surrogate escapes: the bytes received

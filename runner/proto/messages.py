@@ -1,8 +1,9 @@
 """Views of the messages APISIX sends and builders of the runner's replies.
 
 Schema: ext-plugin-proto v0.6.1 (``ext-plugin.fbs`` beside this file, docs/protocol.md §3).
-Views decode a field on first access and keep nothing but the payload, copied once
-into ``bytes`` (``fb.Table.root``), so they outlive the read buffer.
+Views decode a field on first access and keep nothing but the payload's ``bytes``
+(the frame decoder's one copy, or ``fb.Table.root``'s of a view), so they outlive
+the read buffer.
 Builders return complete frames, header included, so the transport writes
 one ``bytes``-like object per reply.
 """
@@ -18,7 +19,6 @@ from typing import Final, NamedTuple
 from librt.strings import BytesWriter
 
 from .fb import (
-    ESCAPE,
     TEXT_VTABLES,
     DecodeError,
     Table,
@@ -107,7 +107,7 @@ class ReqCallView:
     __slots__ = ("_t", "conf_token", "id")
 
     def __init__(self, payload: bytes | memoryview) -> None:
-        t = Table.root(payload)  # a copy: the view outlives the read buffer
+        t = Table.root(payload)
         self._t = t
         # t.u32(0) and t.u32(6) written out (two method calls less per call).
         buf, pos, size, vt, vtlen = t.buf, t.pos, t.size, t.vt, t.vtlen
@@ -494,7 +494,7 @@ def _build_extra_info(info_type: int, name: str | None) -> bytearray:
         info = begin_table(out, _vt(table_size=4), b"")
     else:
         info = begin_table(out, _vt(4, table_size=8), b"\0" * 4)
-        patch(out, info + 4, write_bytes(out, name.encode(*ESCAPE), nul=True))
+        patch(out, info + 4, write_bytes(out, encoded(name), nul=True))
     patch(out, pos + 4, info)
     return _finish(out, RpcType.EXTRA_INFO, pos)
 

@@ -132,9 +132,10 @@ class Connection(asyncio.BufferedProtocol):
         self._late = 0
         self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
+        # The other frames a connection answers (buffer_updated calls
+        # _req_call, the usual frame, directly).
         self._handlers: dict[int, Callable[[Payload], None]] = {
             RpcType.PREPARE_CONF: self._prepare_conf,
-            RpcType.HTTP_REQ_CALL: self._req_call,
             RpcType.HTTP_RESP_CALL: self._resp_call,
         }
 
@@ -276,7 +277,7 @@ class Connection(asyncio.BufferedProtocol):
     def _resp_call(self, payload: Payload) -> None:
         t0 = perf_counter() if self._metrics is not None else 0.0
         try:
-            view = RespCallView(payload)  # a copy of its own (Table.root)
+            view = RespCallView(payload)
             view.validate()
         except DecodeError as exc:
             self._malformed("HTTPRespCall", exc)
