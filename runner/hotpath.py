@@ -21,6 +21,7 @@ MODULES = (
     "runner.api.multidict",
     "runner.api.http",
     "runner.api.chain",
+    "runner.api.calltask",
     "runner.api.dispatch",
     "runner.conf.confstore",
     "runner.server.conn",

@@ -7,16 +7,20 @@ created, and after each ExtraInfo answer it wakes one more loop round later
 where the call was read, saves both rounds: a call that asks one variable went
 from 17.5 to about 15 us of CPU (bench/README.md).
 
-It still is the current task for the plugin's code: while a step runs,
-``asyncio.current_task()`` returns the CallTask (registered with asyncio's own
-``_enter_task``), so ``asyncio.timeout()``, ``wait_for``, aiohttp and redis
-work, and it can be cancelled (``cancel``/``cancelling``/``uncancel`` as
-Task's). Futures other than the connection's own questions (sleeps, sockets,
-child tasks, gather) wake it through the loop, exactly as they wake a Task.
-Each CallTask runs in its own copy of the context, as a Task does. It also has
-a Future's side (done callbacks, result) and the Task internals anyio reads
-(``_fut_waiter``, ``_must_cancel``, ``_callbacks``, weak references), so
-httpx and anyio work in plugins (tests/test_calltask_libraries.py).
+The call still has a current task for the plugin's code: while a step runs,
+``asyncio.current_task()`` returns the call's :class:`TaskHandle`
+(registered with asyncio's own ``_enter_task``), so ``asyncio.timeout()``,
+``wait_for``, aiohttp and redis work, and it can be cancelled
+(``cancel``/``cancelling``/``uncancel`` as Task's). The handle is a small
+interpreted object that passes every call on to this class, which the
+install compiles: a compiled object cannot be weakly referenced safely (see
+runner/api/taskhandle.py). Futures other than the connection's own questions
+(sleeps, sockets, child tasks, gather) wake the call through the loop,
+exactly as they wake a Task. Each call runs in its own copy of the context,
+as a Task does. The handle also has a Future's side (done callbacks, result)
+and the Task internals anyio reads (``_fut_waiter``, ``_must_cancel``,
+``_callbacks``, weak references), so httpx and anyio work in plugins
+(tests/test_calltask_libraries.py).
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import asyncio
 import contextvars
 from asyncio import tasks
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+from runner.api.taskhandle import DoneCallbacks, TaskHandle
 
 # asyncio's own bookkeeping of the current task (C functions); typed for any
-# task-like object, which is what they accept.
-_enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._enter_task
-_leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = tasks._leave_task
+# task-like object, which is what they accept. Final: compiled, a module-level
+# name that is not Final is a dict lookup per use.
+_enter_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = tasks._enter_task
+_leave_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = tasks._leave_task
 # loop -> its running task (asyncio.current_task() in 3.11 is Python around this).
-_current_tasks: dict[asyncio.AbstractEventLoop, Any] = getattr(tasks, "_current_tasks")  # noqa: B009
+_current_tasks: Final[dict[asyncio.AbstractEventLoop, Any]] = getattr(tasks, "_current_tasks")  # noqa: B009
 
 #: Called once when the coroutine ends: (its result, None) or (None, its exception).
 OnDone = Callable[[Any, BaseException | None], None]
@@ -47,8 +54,9 @@ class StepGuard(Protocol):
 
 class CallTask:
     __slots__ = (
-        "__weakref__", "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks",
-        "_error", "_guard", "_loop", "_must_cancel", "_on_done", "_quick", "_result", "_waiter",
+        "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks", "_error",
+        "_guard", "_handle", "_loop", "_on_done", "_quick", "_result", "_send", "must_cancel",
+        "waiter",
     )  # fmt: skip
 
     def __init__(
@@ -59,25 +67,35 @@ class CallTask:
         guard: StepGuard | None = None,
     ) -> None:
         self._coro = coro
+        # One bound method for every step, not one per step.
+        self._send: Callable[[Any], Any] = coro.send
         # Marked busy while a step runs plugin code, so the worker's watchdog
         # can interrupt a step that holds the event loop (runner.server.watchdog).
         self._guard = guard
         self._loop = loop
         self._on_done = on_done
         self._context = contextvars.copy_context()
-        self._waiter: Any = None  # the future the coroutine awaits now
+        handle = TaskHandle()
+        handle._call = self
+        # The current task while a step runs. Until the call ends, the two
+        # refer to each other; the call lets go then, so no cycle outlives it.
+        self._handle: TaskHandle | None = handle
+        self.waiter: Any = None  # the future the coroutine awaits now
         self._quick: Any = None  # a future the owner resolves and then calls answered() for
-        self._must_cancel = False
+        self.must_cancel = False
         self._cancel_msg: Any = None
         self._cancels = 0
         self._done = False
-        self._done_callbacks: list[tuple[Callable[[Any], object], contextvars.Context]] | None = (
-            None
-        )
+        self._done_callbacks: DoneCallbacks | None = None
         self._result: Any = None
         self._error: BaseException | None = None
 
     # -- driven by the connection
+
+    @property
+    def handle(self) -> TaskHandle | None:
+        """What ``asyncio.current_task()`` returns in the plugin's code (None once done)."""
+        return self._handle
 
     def start(self) -> None:
         self._resume()
@@ -87,7 +105,7 @@ class CallTask:
         for: if the coroutine awaits it, no done-callback (and no loop round)
         is needed to resume it."""
         old = self._quick
-        if old is not None and old is self._waiter:
+        if old is not None and old is self.waiter:
             # The coroutine awaits an earlier question while a child task
             # asks this one: the earlier one now needs its done-callback.
             old.add_done_callback(self._wakeup)
@@ -96,16 +114,16 @@ class CallTask:
 
     def answered(self, fut: asyncio.Future[Any]) -> None:
         """``fut`` (from :meth:`question`) has its result: resume now if it is awaited."""
-        if self._waiter is fut and self._quick is fut:
+        if self.waiter is fut and self._quick is fut:
             self._resume()
 
-    # -- the parts of asyncio.Task's API that asyncio and libraries use on the current task
+    # -- asyncio.Task's API, through the TaskHandle (and cancel() by the connection)
 
     def cancel(self, msg: Any = None) -> bool:
         if self._done:
             return False
         self._cancels += 1
-        waiter = self._waiter
+        waiter = self.waiter
         if waiter is not None:
             if waiter is self._quick:
                 # Nobody else wakes us for this one: resume, and the await raises.
@@ -114,7 +132,7 @@ class CallTask:
                 return True
             if waiter.cancel(msg):
                 return True  # its done-callback wakes us with CancelledError
-        self._must_cancel = True
+        self.must_cancel = True
         self._cancel_msg = msg
         return True
 
@@ -135,17 +153,13 @@ class CallTask:
     def get_coro(self) -> Coroutine[Any, Any, Any]:
         return self._coro
 
-    def get_name(self) -> str:
-        return f"call-{id(self):x}"
-
-    # Future's side of a Task, and the private attributes anyio (httpx, ...) reads.
-
     def add_done_callback(
-        self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
+        self, fn: Callable[[Any], object], task: TaskHandle, context: contextvars.Context | None
     ) -> None:
+        """``fn(task)`` once the call is done (``task``: the handle it was added on)."""
         ctx = contextvars.copy_context() if context is None else context
         if self._done:
-            self._loop.call_soon(fn, self, context=ctx)
+            self._loop.call_soon(fn, task, context=ctx)
         elif self._done_callbacks is None:
             self._done_callbacks = [(fn, ctx)]
         else:
@@ -156,6 +170,9 @@ class CallTask:
         kept = [(f, ctx) for f, ctx in callbacks if f != fn]
         self._done_callbacks = kept
         return len(callbacks) - len(kept)
+
+    def callbacks(self) -> DoneCallbacks:
+        return list(self._done_callbacks or ())
 
     def cancelled(self) -> bool:
         return self._done and isinstance(self._error, asyncio.CancelledError)
@@ -174,14 +191,6 @@ class CallTask:
             raise self._error
         return self._error
 
-    @property
-    def _fut_waiter(self) -> Any:
-        return self._waiter
-
-    @property
-    def _callbacks(self) -> list[tuple[Callable[[Any], object], contextvars.Context]]:
-        return list(self._done_callbacks or ())
-
     def __repr__(self) -> str:
         return f"<CallTask {'done' if self._done else 'pending'} coro={self._coro!r}>"
 
@@ -195,19 +204,20 @@ class CallTask:
 
     def _resume_soon(self) -> None:
         """Step a loop round later; until then nothing else may step it."""
-        self._waiter = None
+        self.waiter = None
         self._loop.call_soon(self._step, None)
 
     def _step(self, exc: BaseException | None) -> None:
-        if self._done:
+        handle = self._handle
+        if self._done or handle is None:
             return
-        if self._must_cancel:
-            self._must_cancel = False
+        if self.must_cancel:
+            self.must_cancel = False
             msg = self._cancel_msg
             exc = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
-        self._waiter = None
+        self.waiter = None
         loop = self._loop
-        _enter_task(loop, self)
+        _enter_task(loop, handle)
         guard = self._guard
         if guard is not None:
             guard.inline_calls += 1
@@ -215,13 +225,13 @@ class CallTask:
         try:
             try:
                 if exc is None:
-                    result = self._context.run(self._coro.send, None)
+                    result = self._context.run(self._send, None)
                 else:
                     result = self._context.run(self._coro.throw, exc)
             finally:
                 if guard is not None:
                     guard.inline = outer
-                _leave_task(loop, self)
+                _leave_task(loop, handle)
         except StopIteration as stop:
             self._finish(stop.value, None)
         except (Exception, asyncio.CancelledError) as error:
@@ -234,19 +244,26 @@ class CallTask:
 
     def _wait_on(self, result: Any) -> None:
         """The coroutine yielded ``result``: arrange to be woken as a Task would."""
+        if result is self._quick and result is not None and not self.must_cancel:
+            # The usual wait: the owner's own question, which wakes us by
+            # answered() (no callback). Its _asyncio_future_blocking flag
+            # stays set: it is only read when a future is yielded, and this
+            # one is never yielded again.
+            self.waiter = result
+            return
         blocking = getattr(result, "_asyncio_future_blocking", None)
         if blocking:
             result._asyncio_future_blocking = False
-            self._waiter = result
+            self.waiter = result
             if result is not self._quick:
                 if result.get_loop() is not self._loop:
-                    self._waiter = None
+                    self.waiter = None
                     error = RuntimeError(f"a plugin awaited {result!r}, from another event loop")
                     self._loop.call_soon(self._step, error)
                     return
                 result.add_done_callback(self._wakeup)
-            if self._must_cancel and result.cancel(self._cancel_msg):
-                self._must_cancel = False
+            if self.must_cancel and result.cancel(self._cancel_msg):
+                self.must_cancel = False
                 if result is self._quick:
                     self._resume_soon()
         elif result is None:
@@ -257,16 +274,17 @@ class CallTask:
 
     def _wakeup(self, fut: asyncio.Future[Any]) -> None:
         # The await takes the result (or raises) from the future itself.
-        if fut is self._waiter:
+        if fut is self.waiter:
             self._step(None)
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
         self._done = True
-        self._waiter = self._quick = None
+        self.waiter = self._quick = None
         self._result, self._error = result, error
+        handle, self._handle = self._handle, None  # the cycle ends here
         self._on_done(result, error)
         callbacks = self._done_callbacks
         if callbacks is not None:  # somebody waits on the call itself (rare)
             for fn, ctx in callbacks:
-                self._loop.call_soon(fn, self, context=ctx)
+                self._loop.call_soon(fn, handle, context=ctx)
             self._done_callbacks = None

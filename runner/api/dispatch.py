@@ -34,6 +34,10 @@ from runner.proto import (
     build_resp_call_resp,
 )
 
+# The log context of an async step (Final: compiled, reading logs.task_context
+# per step would be a module attribute lookup each time).
+_TASK_CONTEXT: Final = logs.task_context
+
 log = logging.getLogger("runner.dispatch")
 limited = logs.LogLimiter(log)  # per-request failure lines, one kind per plugin and error
 
@@ -172,7 +176,7 @@ async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
     t0 = perf_counter()
     # Log lines the plugin writes name the request and the plugin; the
     # context ends with the plugin (the failure line names them itself).
-    context = logs.task_context.set((req_id, step.name))
+    context = _TASK_CONTEXT.set((req_id, step.name))
     try:
         try:
             if not step.is_async:
@@ -183,7 +187,7 @@ async def _run_guarded(step: Step, req_id: int, *args: Any) -> float | None:
                 async with asyncio.timeout(step.timeout):
                     await step.fn(step.conf, *args)
         finally:
-            logs.task_context.reset(context)
+            _TASK_CONTEXT.reset(context)
     except DecodeError:
         raise
     except Exception as exc:
@@ -256,12 +260,12 @@ async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
             # _run_guarded written out for the usual async step (no metrics,
             # no deadline of its own): a coroutine less on the way to every
             # ExtraInfo answer.
-            context = logs.task_context.set((req_id, step.name))
+            context = _TASK_CONTEXT.set((req_id, step.name))
             try:
                 try:
                     await step.fn(step.conf, request, response)
                 finally:
-                    logs.task_context.reset(context)
+                    _TASK_CONTEXT.reset(context)
             except DecodeError:
                 raise
             except Exception as exc:

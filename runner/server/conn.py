@@ -18,15 +18,15 @@ States (one table, as h11 does)::
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Coroutine
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any, Final, cast
 
 from runner.api import dispatch
 from runner.api.calltask import CallTask
+from runner.api.http import Ask
 from runner.api.plugin import ConfError
 from runner.conf.confstore import ConfStore
 from runner.ops.logs import LogLimiter
@@ -58,6 +58,11 @@ _REQ_CALL_FRAME: Final = int(RpcType.HTTP_REQ_CALL)
 # buffer when it did not (FrameDecoder.next_payload).
 Payload = bytes | memoryview
 _OUTCOMES: Final = dispatch.OUTCOMES
+# Final: compiled, a module attribute read per call is a dict lookup, and a
+# loop's time() a method lookup. Call deadlines are on the monotonic clock
+# (uvloop's time() is that clock, cached per loop round).
+_get_running_loop: Final = asyncio.get_running_loop
+_monotonic: Final = monotonic
 
 
 class ServerState:
@@ -91,7 +96,7 @@ class ServerState:
         loop.call_later(self.sweep_interval, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
+        now = _monotonic()
         for conn in list(self.connections):
             conn.expire_if_late(now)
         self.sweeping = False
@@ -111,8 +116,9 @@ class ServerState:
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_call", "_call_info", "_deadline", "_decoder", "_expired", "_handlers", "_late",
-        "_metrics", "_questions", "_state", "_store", "_transport", "reads",
+        "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_deadline", "_decoder",
+        "_expired", "_finish_fn", "_handlers", "_late", "_metrics", "_questions", "_state",
+        "_store", "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
@@ -122,15 +128,20 @@ class Connection(asyncio.BufferedProtocol):
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._call: CallTask | None = None  # the async call in flight
-        self._call_info: tuple[int, str, float] = (0, "", 0.0)  # its id, RPC name, start
-        self._deadline = 0.0  # loop.time() by which the call must end
+        # Its id, RPC name and start (three fields, not a tuple per call).
+        self._call_id = 0
+        self._call_rpc = ""
+        self._call_t0 = 0.0
+        self._deadline = 0.0  # monotonic() by which the call must end
         # The call's deadline cancelled it: the plugin it was in ("" unknown).
         self._expired: str | None = None
         # Answers still due to questions of calls that ended without them
         # (a plugin's own timeout, the call deadline): APISIX answers every
         # question it read, so they arrive after the call; they are dropped.
         self._late = 0
-        self._questions: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        # Oldest first; a list, not a deque: rarely more than one, and
+        # compiled, a list's append and pop(0) are native calls.
+        self._questions: list[asyncio.Future[bytes | None]] = []
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         # The other frames a connection answers (buffer_updated calls
         # _req_call, the usual frame, directly).
@@ -138,6 +149,11 @@ class Connection(asyncio.BufferedProtocol):
             RpcType.PREPARE_CONF: self._prepare_conf,
             RpcType.HTTP_RESP_CALL: self._resp_call,
         }
+        # The bound methods every call hands on, made once, not once per call.
+        self._ask_fn: Ask = self._ask
+        self._finish_fn: Callable[[bytes | bytearray | None, BaseException | None], None] = (
+            self._finish
+        )
 
     # -- asyncio.BufferedProtocol
 
@@ -178,10 +194,12 @@ class Connection(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # The handler table holds bound methods of self: a reference cycle
-        # that would keep this connection's buffers (up to 16 MiB) alive
-        # until the cyclic GC runs. Break it now.
+        # The handler table and the two bound methods hold self: reference
+        # cycles that would keep this connection's buffers (up to 16 MiB)
+        # alive until the cyclic GC runs. Break them now.
         self._handlers = {}
+        self._ask_fn = _closed_ask
+        self._finish_fn = _closed_finish
         self._state.connections.discard(self)
         if self._metrics is not None:
             self._metrics.connections -= 1
@@ -259,13 +277,13 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(REQ_CALL, self._not_found(), t0)
         elif chain.req_async:
-            self._start(dispatch.run_req_async(chain, view, self._ask), view.id, REQ_CALL, t0)
+            self._start(dispatch.run_req_async(chain, view, self._ask_fn), view.id, REQ_CALL, t0)
         else:
             state = self._state
             state.inline_calls += 1  # the watchdog tells a stuck call by these two
             state.inline = True
             try:
-                frame = dispatch.run_req_sync(chain, view, self._ask)
+                frame = dispatch.run_req_sync(chain, view, self._ask_fn)
             except Exception as err:  # not `exc`: mypyc typed that name DecodeError above
                 frame = dispatch.failure_frame(err, f"request {view.id}", chain.key)
             state.inline = False
@@ -287,7 +305,7 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(RESP_CALL, self._not_found(), t0)
         else:
-            self._start(dispatch.run_resp(chain, view, self._ask), view.id, RESP_CALL, t0)
+            self._start(dispatch.run_resp(chain, view, self._ask_fn), view.id, RESP_CALL, t0)
 
     # -- async calls and ExtraInfo
 
@@ -297,11 +315,13 @@ class Connection(asyncio.BufferedProtocol):
         state = self._state
         state.busy += 1
         state.async_calls += 1
-        self._call_info = (req_id, rpc, t0)
+        self._call_id = req_id
+        self._call_rpc = rpc
+        self._call_t0 = t0
         self._expired = None
-        loop = asyncio.get_running_loop()
-        call = self._call = CallTask(work, loop, self._finish, state)
-        self._deadline = loop.time() + state.call_timeout
+        loop = _get_running_loop()
+        call = self._call = CallTask(work, loop, self._finish_fn, state)
+        self._deadline = _monotonic() + state.call_timeout
         if not state.sweeping:
             state.arm_sweep(loop)
         call.start()  # runs up to the first ExtraInfo question, or to the end
@@ -315,7 +335,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, frame: bytes | bytearray | None, exc: BaseException | None) -> None:
         """The call's coroutine ended (CallTask's on_done)."""
-        req_id, rpc, t0 = self._call_info
+        req_id, rpc, t0 = self._call_id, self._call_rpc, self._call_t0
         expired = self._expired
         self._end_call()
         if exc is None:
@@ -371,7 +391,7 @@ class Connection(asyncio.BufferedProtocol):
             )  # fmt: skip
             self.close()
             return
-        fut = self._questions.popleft()
+        fut = self._questions.pop(0)
         if fut.done():
             return  # cancelled (the call's deadline); the answer is late
         try:
@@ -411,6 +431,14 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _closed_ask(info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
+    raise ConnectionError("APISIX closed the connection")
+
+
+def _closed_finish(frame: bytes | bytearray | None, exc: BaseException | None) -> None:
+    """A call that ends after its connection closed: nobody to answer."""
 
 
 def make_factory(state: ServerState) -> Callable[[], Any]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import weakref
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from runner.api.calltask import CallTask
+from runner.api.taskhandle import TaskHandle
 
 _T = TypeVar("_T")
 Outcome = tuple[Any, BaseException | None]
@@ -53,6 +55,7 @@ class Harness:
         self.outcomes: list[Outcome] = []
         self.finished: asyncio.Future[None] = loop.create_future()
         self.task: CallTask | None = None
+        self.handle: TaskHandle | None = None  # the call's current task
         self.current_in_on_done: list[Any] = []
 
     def on_done(self, result: Any, exc: BaseException | None) -> None:
@@ -63,6 +66,7 @@ class Harness:
 
     def make(self, coro: Coroutine[Any, Any, Any]) -> CallTask:
         self.task = CallTask(coro, self.loop, self.on_done)
+        self.handle = self.task.handle
         return self.task
 
     def start(self, coro: Coroutine[Any, Any, Any]) -> CallTask:
@@ -157,6 +161,29 @@ def test_result_delivered_once(loop: asyncio.AbstractEventLoop) -> None:
     assert harness.current_in_on_done == [None]
 
 
+def test_current_task_weakly_referable_and_freed_with_the_call(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """anyio keeps per-task state in a WeakKeyDictionary keyed by the current
+    task. The entry must go when the call is over and its task let go of, on
+    both builds (compiled, the current task is the interpreted TaskHandle),
+    without waiting for the cyclic GC."""
+    states: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    async def body() -> bool:
+        task = asyncio.current_task()
+        states[task] = "state"
+        return task is harness.handle
+
+    harness = Harness(loop)
+    harness.start(body())
+    assert harness.wait() == (True, None)
+    assert len(states) == 1
+    assert harness.task is not None and harness.task.handle is None  # the call let go
+    harness.handle = None
+    assert len(states) == 0
+
+
 def test_result_of_a_coroutine_that_never_suspends(loop: asyncio.AbstractEventLoop) -> None:
     async def body() -> int:
         return 7
@@ -193,13 +220,15 @@ def test_current_task_inside_and_none_after(loop: asyncio.AbstractEventLoop) -> 
         seen.append(asyncio.current_task())
         return "ok"
 
-    task = harness.start(body())
+    harness.start(body())
     assert harness.wait() == ("ok", None)
-    assert seen == [task, task]
+    task = harness.handle
+    assert task is not None and seen == [task, task]
     assert between == [None]
     assert in_callback(loop, lambda: asyncio.current_task(loop)) is None
-    assert task.get_loop() is loop
+    assert task.get_loop() is loop and task._loop is loop
     assert not task.cancelling()
+    assert task.done() and task.result() == "ok" and task.exception() is None
 
 
 # --------------------------------------------------------------------------- timeouts

@@ -148,9 +148,14 @@ def listening_inodes(path: str) -> list[int]:
 
 
 def socket_inodes(pid: int) -> set[int]:
-    """Inodes of the sockets among the open files of ``pid``."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    """Inodes of the sockets among the open files of ``pid`` (none once it
+    has exited: a retiring worker may go while its files are listed)."""
+    inodes: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return inodes
+    for fd in fds:
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             if target.startswith("socket:["):
