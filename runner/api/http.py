@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from runner.api.multidict import Args, Headers
 from runner.proto import InfoType
-from runner.proto.fb import encoded
+from runner.proto.fb import Changes, encoded
 
 # Asks APISIX for one piece of ExtraInfo: (InfoType, var name) -> raw result.
 Ask = Callable[[int, str | None], Awaitable[bytes | None]]
@@ -53,6 +53,7 @@ def _ip_text(packed: bytes) -> str:
 
 
 Entries = list[tuple[str, str | None]]  # header or arg changes, as Rewrite entries
+_NO_CHANGES: Final[Changes] = {}  # shared, never written to
 _VAR: Final = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
 
 
@@ -129,8 +130,7 @@ class Request:
     def headers(self) -> Headers:
         """Case-insensitive, multi-valued; changes go upstream."""
         if self._headers is None:
-            src = self._src
-            self._headers = Headers(source=lambda: src.headers)
+            self._headers = Headers(source=self._src)
         return self._headers
 
     @property
@@ -146,8 +146,7 @@ class Request:
     def args(self) -> Args:
         """Query args, multi-valued; ``None`` is an arg without ``=``."""
         if self._args is None:
-            src = self._src
-            self._args = Args(source=lambda: src.args)
+            self._args = Args(source=self._src)
         return self._args
 
     async def var(self, name: str) -> str | None:
@@ -196,14 +195,16 @@ class Request:
         h = response._headers
         return n if h is None else n + h.writes
 
-    def upstream_changes(self) -> tuple[str | None, Entries, Entries, bytes | None]:
+    def upstream_changes(self) -> tuple[str | None, Changes, Changes, bytes | None]:
         """(new path, header changes, arg changes, new body): what a Rewrite
-        carries, in one call (the dispatcher builds every reply from it)."""
+        carries, in one call (the dispatcher builds every reply from it).
+        The change maps are the multi-dicts' own (``MultiDict.changes``):
+        read them, never change them."""
         h, a = self._headers, self._args
         return (
             self._new_path,
-            [] if h is None else h.rewrite_entries(),
-            [] if a is None else a.rewrite_entries(),
+            _NO_CHANGES if h is None else h.changes(),
+            _NO_CHANGES if a is None else a.changes(),
             self._new_body,
         )
 

@@ -12,11 +12,23 @@ ever) the originals are decoded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Final
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Final, Protocol
+
+from runner.proto.fb import Changes, change_entries
 
 Pairs = Iterable[tuple[str, str | None]]
 Values = list[str | None]
+
+
+class PairSource(Protocol):
+    """Where a request's headers and args are decoded from (a ReqCallView)."""
+
+    @property
+    def headers(self) -> Pairs: ...
+    @property
+    def args(self) -> Pairs: ...
+
 
 # Names lower-cased, by the name as a plugin gives it: plugins set the same
 # few headers on every call, and a cached key is neither allocated nor hashed
@@ -42,34 +54,70 @@ class MultiDict(MutableMapping[str, str | None]):
     ``m.add(name, v)`` appends, ``del m[name]`` removes them all (KeyError if
     absent) and ``m.discard(name)`` removes them whether present or not."""
 
-    __slots__ = ("_changed", "_names", "_overrides", "_source", "_values", "writes")
+    # Few objects per instance: a plugin that sets two headers makes one dict
+    # and two lists, where a dict per role (names, changes, overrides) cost
+    # their allocation, a hash insert each and their freeing on every call.
+    __slots__ = ("_changed", "_names", "_source", "_values", "writes")
     _fold_case = False
 
-    def __init__(self, pairs: Pairs = (), source: Callable[[], Pairs] | None = None) -> None:
-        self._names: dict[str, str] = {}  # key -> name as first given
-        self._changed: dict[str, None] = {}  # ordered set of changed keys
-        self._overrides: dict[str, Values | None] = {}  # writes before decoding
+    def __init__(self, pairs: Pairs = (), source: PairSource | None = None) -> None:
+        """``pairs``: the entries; or ``source``: a request whose entries
+        (its ``headers`` for Headers, its ``args`` for Args) are decoded when
+        first read. A source object, not a closure: that would be two more
+        objects made and freed per request."""
+        # The changes so far, in the order of each key's first change: the
+        # key's values now, or None once removed. Before the originals are
+        # decoded, these are all there is; they are applied when they are.
+        self._changed: Changes = {}
+        # A key's name as first given, only where that differs from the key
+        # (a header a plugin names "X-Id"): most names are their own key.
+        self._names: dict[str, str] | None = None
         self._source = source
-        self._values: dict[str, Values] | None = None
+        self._values: dict[str, Values] | None = None  # the originals, changes applied
         self.writes = 0  # changes so far: metrics tell which plugin rewrote by it
         if source is None:
             self._values = {}
             self._fill(pairs)
 
+    def _pairs_of(self, source: PairSource) -> Pairs:
+        """The entries of ``source`` this mapping is for."""
+        raise NotImplementedError
+
     def _key(self, name: str) -> str:
         return _lower(name) if self._fold_case else name
+
+    def _name(self, key: str) -> str:
+        names = self._names
+        return key if names is None else names.get(key, key)
+
+    def _given(self, key: str, name: str) -> None:
+        """A write names ``key`` ``name`` (which differs from it): the name to
+        show, unless the key was named before (by a write or the originals)."""
+        names = self._names
+        if names is None:
+            names = self._names = {}
+        elif key in names:
+            return
+        values = self._values
+        if key not in self._changed and (values is None or key not in values):
+            names[key] = name
 
     def _fill(self, pairs: Pairs) -> None:
         values_of = self._values
         assert values_of is not None
-        names = self._names
         fold = self._fold_case
+        changed = self._changed
         for name, value in pairs:
             key = name.lower() if fold else name
             values = values_of.get(key)
             if values is None:
                 values_of[key] = [value]
-                names.setdefault(key, name)
+                # Keys a write named first keep that write's name.
+                if key != name and key not in changed:
+                    names = self._names
+                    if names is None:
+                        names = self._names = {}
+                    names.setdefault(key, name)
             else:
                 values.append(value)
 
@@ -77,27 +125,29 @@ class MultiDict(MutableMapping[str, str | None]):
         values_of = self._values
         if values_of is None:
             values_of = self._values = {}
-            assert self._source is not None
-            self._fill(self._source())
-            for key, values in self._overrides.items():
+            source = self._source
+            assert source is not None
+            self._fill(self._pairs_of(source))
+            for key, values in self._changed.items():
                 if values is None:
                     values_of.pop(key, None)
                 else:
                     values_of[key] = values
-            self._overrides.clear()
         return values_of
 
     def _write(self, name: str, values: Values | None) -> None:
         key = self._key(name)
-        self._names.setdefault(key, name)
-        self._changed[key] = None
+        if key != name:
+            self._given(key, name)
+        self._changed[key] = values
         self.writes += 1
-        if self._values is None:
-            self._overrides[key] = values
-        elif values is None:
-            self._values.pop(key, None)
+        values_of = self._values
+        if values_of is None:
+            return
+        if values is None:
+            values_of.pop(key, None)
         else:
-            self._values[key] = values
+            values_of[key] = values
 
     def __getitem__(self, name: str) -> str | None:
         return self._all()[self._key(name)][0]
@@ -106,15 +156,14 @@ class MultiDict(MutableMapping[str, str | None]):
         # _write, inlined: setting a header is what most plugins do on every
         # call, and two Python calls cost more than the rest of it.
         key = _lower(name) if self._fold_case else name
-        names = self._names
-        if key not in names:
-            names[key] = name
-        self._changed[key] = None
+        if key != name:
+            self._given(key, name)
+        values = [value]
+        self._changed[key] = values
         self.writes += 1
-        if self._values is None:
-            self._overrides[key] = [value]
-        else:
-            self._values[key] = [value]
+        values_of = self._values
+        if values_of is not None:
+            values_of[key] = values
 
     def __delitem__(self, name: str) -> None:
         if name not in self:
@@ -126,8 +175,7 @@ class MultiDict(MutableMapping[str, str | None]):
         self._write(name, None)
 
     def __iter__(self) -> Iterator[str]:
-        names = self._names
-        return (names[key] for key in self._all())
+        return (self._name(key) for key in self._all())
 
     def __len__(self) -> int:
         return len(self._all())
@@ -147,9 +195,8 @@ class MultiDict(MutableMapping[str, str | None]):
 
     def multi_items(self) -> Iterator[tuple[str, str | None]]:
         """Every (name, value) pair, a multi-valued name once per value."""
-        names = self._names
         for key, values in self._all().items():
-            name = names[key]
+            name = self._name(key)
             for value in values:
                 yield name, value
 
@@ -160,10 +207,11 @@ class MultiDict(MutableMapping[str, str | None]):
     def changed_keys(self) -> list[str]:
         return list(self._changed)
 
-    def _current(self, key: str) -> Values | None:
-        if self._values is None:
-            return self._overrides.get(key)
-        return self._values.get(key)
+    def changes(self) -> Changes:
+        """The changes themselves (read-only): each changed key's values now,
+        or None once removed, in the order of first change. The Rewrite
+        builder writes them as they are (``runner.proto.fb.changes_vector``)."""
+        return self._changed
 
 
 class Headers(MultiDict):
@@ -172,23 +220,14 @@ class Headers(MultiDict):
     __slots__ = ()
     _fold_case = True
 
+    def _pairs_of(self, source: PairSource) -> Pairs:
+        return source.headers
+
     def rewrite_entries(self) -> list[tuple[str, str | None]]:
         """Changes as Rewrite entries. A Rewrite header entry *replaces* the
         header, so several values are joined with ", " (RFC 9110 §5.3); a
         name without a value deletes the header."""
-        out: list[tuple[str, str | None]] = []
-        append = out.append
-        current = self._overrides if self._values is None else self._values  # _current()
-        for key in self._changed:
-            values = current.get(key)
-            if values is None:
-                append((key, None))
-            elif len(values) == 1:  # the usual case, without a join
-                value = values[0]
-                append((key, "" if value is None else value))
-            else:
-                append((key, ", ".join(v for v in values if v is not None)))
-        return out
+        return change_entries(self._changed, True)
 
 
 class Args(MultiDict):
@@ -196,17 +235,10 @@ class Args(MultiDict):
 
     __slots__ = ()
 
+    def _pairs_of(self, source: PairSource) -> Pairs:
+        return source.args
+
     def rewrite_entries(self) -> list[tuple[str, str | None]]:
         """Changes as Rewrite entries: APISIX replaces an arg with its first
         entry and appends later ones; an entry without a value deletes it."""
-        out: list[tuple[str, str | None]] = []
-        current = self._overrides if self._values is None else self._values  # _current()
-        for key in self._changed:
-            values = current.get(key)
-            if values is None:
-                out.append((key, None))
-            else:
-                # An arg without a value cannot be expressed in a Rewrite (no value
-                # means delete); the nearest is an empty value (`?z=`).
-                out += [(key, "" if v is None else v) for v in values]
-        return out
+        return change_entries(self._changed, False)

@@ -24,9 +24,10 @@ writing it just before its table is legal. Tables and strings are 4-aligned.
 
 from __future__ import annotations
 
+import importlib
 import struct
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import librt.strings
 from librt.strings import BytesWriter, read_i16_le, read_i32_le, write_i16_le, write_i32_le
@@ -406,21 +407,77 @@ def write_text_vector(
     w: BytesWriter, pairs: Sequence[tuple[str, str | None]], vtables: int
 ) -> None:
     """Append a ``[TextEntry]`` vector at ``len(w)`` (4-aligned, counted from
-    the frame's start, as every position in ``w`` is).
+    the frame's start, as every position in ``w`` is); see :func:`text_vector`."""
+    # A list is indexed natively when compiled; any other sequence is copied.
+    items = pairs if isinstance(pairs, list) else list(pairs)
+    if _TEXT_VECTOR_C is not None:
+        w.write(_TEXT_VECTOR_C(items, len(w), vtables))
+    else:
+        _write_entries(w, items, vtables)
 
-    ``vtables`` is where :data:`TEXT_VTABLES` already lies in ``w``: every
+
+def text_vector_py(pairs: list[tuple[str, str | None]], start: int, vtables: int) -> bytes:
+    """The bytes of a ``[TextEntry]`` vector that starts at ``start`` of a
+    frame (4-aligned).
+
+    ``vtables`` is where :data:`TEXT_VTABLES` already lies in the frame: every
     entry of every vector of a message points at those two vtables (as flatc
     shares identical vtables), so a message writes them once. Layout::
 
         count off[0..n) | entry 0 | entry 1 ...
         entry = soffset, name off, [value off], name string, [value string]
 
-    Each entry is one contiguous run, so its inner offsets are constants; the
-    vector's offsets are written as zeros and filled in as each entry lands.
-    """
+    Each entry is one contiguous run, so its inner offsets are constants.
+
+    The pure build runs this; the compiled build runs the same function
+    written in C (``_textvec.c``), which reads each str's UTF-8 in place
+    (:data:`text_vector` is whichever the install has)."""
+    w = BytesWriter()
+    # Positions in w count from `start`: only the soffsets depend on them.
+    _write_entries(w, pairs, vtables - start)
+    return w.getvalue()
+
+
+#: Header or arg changes: each name's values now, or None once removed.
+Changes = dict[str, list[str | None] | None]
+
+
+def change_entries(changes: Changes, join: bool) -> TextPairs:
+    """Changes as Rewrite entries (docs/protocol.md §5.4); a name without a
+    value removes it.
+
+    ``join`` (headers): a Rewrite header entry *replaces* the header, so
+    several values are joined with ", " (RFC 9110 §5.3), None values left
+    out. Otherwise (args): APISIX replaces an arg with its first entry and
+    appends later ones, so each value is an entry; an arg without ``=`` (None)
+    cannot be expressed (no value means remove), and the nearest is an empty
+    value (``?z=``)."""
+    out: TextPairs = []
+    for key, values in changes.items():
+        if values is None:
+            out.append((key, None))
+        elif join:
+            if len(values) == 1:  # the usual case, without a join
+                value = values[0]
+                out.append((key, "" if value is None else value))
+            else:
+                out.append((key, ", ".join([v for v in values if v is not None])))
+        else:
+            out += [(key, "" if v is None else v) for v in values]
+    return out
+
+
+def changes_vector_py(changes: Changes, join: bool, start: int, vtables: int) -> bytes:
+    """``text_vector(change_entries(changes, join), start, vtables)``: the
+    pure build's; the compiled build's C twin (``_textvec.c``) writes the
+    entries without making the pairs (:data:`changes_vector`)."""
+    return text_vector_py(change_entries(changes, join), start, vtables)
+
+
+def _write_entries(w: BytesWriter, items: list[tuple[str, str | None]], vtables: int) -> None:
+    """:func:`text_vector`'s layout written at ``len(w)``; the vector's
+    offsets are written as zeros and filled in as each entry lands."""
     vt_name = vtables + 8
-    # A list is indexed natively when compiled; any other sequence is copied.
-    items = pairs if isinstance(pairs, list) else list(pairs)
     count = len(items)
     write_u32(w, count)
     slot = len(w)
@@ -444,6 +501,24 @@ def write_text_vector(
             write_u32(w, 12 + ln - (ln & 3))  # the value, after the name and its NUL + padding
             write_string(w, nb)
             write_string(w, vb)
+
+
+def c_helper(name: str) -> Any:
+    """A function of the C vector writer (``_textvec.c``), where the compiled
+    build installed it; None in the pure build."""
+    try:
+        return getattr(importlib.import_module("runner.proto._textvec"), name)
+    except ImportError:
+        return None
+
+
+_TEXT_VECTOR_C: Final[Callable[[TextPairs, int, int], bytes] | None] = c_helper("text_vector")
+#: ``text_vector(pairs: list, start, vtables) -> bytes``: the C writer or its Python twin.
+text_vector: Final[Callable[[TextPairs, int, int], bytes]] = _TEXT_VECTOR_C or text_vector_py
+#: ``changes_vector(changes, join, start, vtables) -> bytes``: likewise.
+changes_vector: Final[Callable[[Changes, bool, int, int], bytes]] = (
+    c_helper("changes_vector") or changes_vector_py
+)
 
 
 def write_string(w: BytesWriter, raw: bytes) -> None:

@@ -13,22 +13,26 @@ from __future__ import annotations
 import enum
 import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from librt.strings import BytesWriter
 
 from .fb import (
     TEXT_VTABLES,
+    Changes,
     DecodeError,
     Table,
     TextPairs,
     align4,
     begin_table,
+    c_helper,
+    changes_vector,
     encoded,
     patch,
     put_u32,
     root_bytes0,
+    text_vector,
     u16_at,
     u32_at,
     vtable,
@@ -310,7 +314,8 @@ _STOP_MID: Final = _STOP_TEMPLATE[_ID_AT + 4 : _STOP_BODY_AT]
 _STOP_TAIL: Final = _STOP_TEMPLATE[_STOP_BODY_AT + 6 :]
 
 
-_REQ_CALL_HI: Final = int(RpcType.HTTP_REQ_CALL) << 24  # an enum member costs an attribute lookup
+_REQ_CALL: Final = int(RpcType.HTTP_REQ_CALL)  # an enum member costs an attribute lookup
+_REQ_CALL_HI: Final = _REQ_CALL << 24
 _TOO_LARGE: Final = "the max length of a frame is {} but got {}"
 
 
@@ -360,7 +365,6 @@ class _RewriteLayout(NamedTuple):
     tail: bytes  # after the id, up to the Rewrite table's first offset slot
     slot: int  # position of that slot
     vtables: int  # position of TEXT_VTABLES, right after the table
-    slots: bytes  # zeros for the table's offsets, then TEXT_VTABLES
 
 
 def _rewrite_layout(mask: int) -> _RewriteLayout:
@@ -372,38 +376,77 @@ def _rewrite_layout(mask: int) -> _RewriteLayout:
     patch(out, root + 4, rewrite)
     slot = rewrite + 4
     head, tail = bytes(out[:_ID_AT]), bytes(out[_ID_AT + 4 : slot])
-    slots = bytes(4 * sum(present)) + TEXT_VTABLES
-    return _RewriteLayout(head, tail, slot, slot + 4 * sum(present), slots)
+    return _RewriteLayout(head, tail, slot, slot + 4 * sum(present))
 
 
 # Every one of the 32 shapes, indexed by the mask: a list index, no dict and
 # no tuple of bools to build per reply.
 _REWRITE_LAYOUTS: Final = [_rewrite_layout(mask) for mask in range(32)]
+_REWRITE_FRAME_C: Final[Callable[..., bytes] | None] = c_helper("rewrite_frame")
+_TEXT_VTABLES_SIZE: Final = len(TEXT_VTABLES)
+
+# A Rewrite's header and arg fields: (name, value) entries, or a multi-dict's
+# change map (runner.api.multidict.MultiDict.changes), written as they are.
+TextField = Sequence[tuple[str, str | None]] | Changes
 
 
-def _vector_field(
-    w: BytesWriter, slot: int, vector: Sequence[tuple[str, str | None]], vtables: int
-) -> int:
-    """Write a Rewrite's vector field unless it is empty; returns the next offset slot."""
-    if not vector:
-        return slot
-    put_u32(w, slot, len(w) - slot)
-    write_text_vector(w, vector, vtables)
-    return slot + 4
+def _vector(field: TextField, join: bool, start: int, vtables: int) -> bytes:
+    """A header or arg field's vector, for ``start`` of the frame."""
+    if isinstance(field, dict):
+        return changes_vector(field, join, start, vtables)
+    return text_vector(field if isinstance(field, list) else list(field), start, vtables)
+
+
+def _listed(field: TextField) -> list[tuple[str, str | None]] | Changes:
+    # Two isinstance calls: `list | dict` would build a union object per call.
+    if isinstance(field, list) or isinstance(field, dict):  # noqa: SIM101
+        return field
+    return list(field)
 
 
 def build_req_call_rewrite(
     req_id: int,
     path: str | None,
-    headers: Sequence[tuple[str, str | None]],
-    args: Sequence[tuple[str, str | None]],
+    headers: TextField,
+    args: TextField,
     resp_headers: Sequence[tuple[str, str | None]],
     body: bytes | None,
 ) -> bytes:
     """Rewrite: path (0), headers (1), args (2), resp_headers (3), body (4).
     Empty parts are left out: an absent field is what "unchanged" means.
-    Each present field's offset is filled in when its child is written."""
-    head, tail, slot, vtables, slots = _REWRITE_LAYOUTS[
+
+    The compiled build writes the whole frame in C (``_textvec.c``, one
+    allocation); the pure build runs :func:`build_req_call_rewrite_py`, which
+    writes the same bytes."""
+    if _REWRITE_FRAME_C is None:
+        return build_req_call_rewrite_py(req_id, path, headers, args, resp_headers, body)
+    head, tail, _, _ = _REWRITE_LAYOUTS[
+        (path is not None) | (2 if headers else 0) | (4 if args else 0)
+        | (8 if resp_headers else 0) | (16 if body else 0)
+    ]  # fmt: skip
+    frame = _REWRITE_FRAME_C(
+        head, tail, TEXT_VTABLES, _REQ_CALL, req_id, path, _listed(headers), _listed(args),
+        resp_headers if isinstance(resp_headers, list) else list(resp_headers), body,
+    )  # fmt: skip
+    if len(frame) - HEADER_SIZE > MAX_PAYLOAD:
+        raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, len(frame) - HEADER_SIZE))
+    return frame
+
+
+def build_req_call_rewrite_py(
+    req_id: int,
+    path: str | None,
+    headers: TextField,
+    args: TextField,
+    resp_headers: Sequence[tuple[str, str | None]],
+    body: bytes | None,
+) -> bytes:
+    """:func:`build_req_call_rewrite` in Python.
+
+    Each child's place is known before it is written (each vector is made
+    whole for its place), so the table's offsets are written in order, then
+    the shared TextEntry vtables, then the children, with nothing patched."""
+    head, tail, slot, vtables = _REWRITE_LAYOUTS[
         (path is not None) | (2 if headers else 0) | (4 if args else 0)
         | (8 if resp_headers else 0) | (16 if body else 0)
     ]  # fmt: skip
@@ -411,17 +454,42 @@ def build_req_call_rewrite(
     w.write(head)
     write_u32(w, req_id)
     w.write(tail)
-    w.write(slots)
+    pos = vtables + _TEXT_VTABLES_SIZE  # where the next child goes
+    raw_path = b""
     if path is not None:
-        put_u32(w, slot, len(w) - slot)
+        raw_path = encoded(path)
+        write_u32(w, pos - slot)
         slot += 4
-        write_string(w, encoded(path))
-    slot = _vector_field(w, slot, headers, vtables)
-    slot = _vector_field(w, slot, args, vtables)
-    slot = _vector_field(w, slot, resp_headers, vtables)
+        pos += 8 + len(raw_path) - (len(raw_path) & 3)  # length, bytes, NUL, padding
+    header_vec = arg_vec = resp_vec = b""
+    if headers:
+        header_vec = _vector(headers, True, pos, vtables)
+        write_u32(w, pos - slot)
+        slot += 4
+        pos += len(header_vec)
+    if args:
+        arg_vec = _vector(args, False, pos, vtables)
+        write_u32(w, pos - slot)
+        slot += 4
+        pos += len(arg_vec)
+    if resp_headers:
+        resp_vec = _vector(resp_headers, True, pos, vtables)
+        write_u32(w, pos - slot)
+        slot += 4
+        pos += len(resp_vec)
+    if body:
+        write_u32(w, pos - slot)
+    w.write(TEXT_VTABLES)
+    if path is not None:
+        write_string(w, raw_path)
+    if header_vec:
+        w.write(header_vec)
+    if arg_vec:
+        w.write(arg_vec)
+    if resp_vec:
+        w.write(resp_vec)
     if not body:
         return _framed(w, _REQ_CALL_HI)
-    put_u32(w, slot, len(w) - slot)
     write_u32(w, len(body))
     return _framed(w, _REQ_CALL_HI, body)
 

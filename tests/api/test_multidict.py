@@ -21,20 +21,36 @@ def test_only_changes_are_reported() -> None:
     assert h.rewrite_entries() == [("a", "9"), ("b", None), ("c", "3, 4")]
 
 
+class Source:
+    """A request's headers and args, decoded when first asked for."""
+
+    def __init__(
+        self, headers: list[tuple[str, str | None]], args: tuple[tuple[str, str | None], ...] = ()
+    ) -> None:
+        self._headers, self._args = headers, list(args)
+        self.decoded: list[str] = []
+
+    @property
+    def headers(self) -> list[tuple[str, str | None]]:
+        self.decoded.append("headers")
+        return self._headers
+
+    @property
+    def args(self) -> list[tuple[str, str | None]]:
+        self.decoded.append("args")
+        return self._args
+
+
 def test_writes_before_reading_do_not_decode() -> None:
-    decoded = []
-
-    def source() -> list[tuple[str, str | None]]:
-        decoded.append(1)
-        return [("keep", "1"), ("gone", "2")]
-
+    source = Source([("keep", "1"), ("gone", "2")])
+    decoded = source.decoded
     h = Headers(source=source)
     h["new"] = "v"
     h.discard("gone")
     assert decoded == []
     assert h.rewrite_entries() == [("new", "v"), ("gone", None)]
     assert dict(h.items()) == {"keep": "1", "new": "v"}  # overrides applied on decode
-    assert decoded == [1]
+    assert decoded == ["headers"]
 
 
 def test_del_of_missing_name_raises_but_discard_does_not() -> None:
@@ -67,3 +83,39 @@ def test_names_made_up_per_request_do_not_grow_the_lowered_name_cache() -> None:
     h[long_name] = "v"
     assert long_name not in multidict._LOWER
     assert h[long_name.lower()] == "v" and h["x-made-up-4100"] == "v"
+
+
+def test_a_name_shows_as_first_given_by_a_write_or_the_originals() -> None:
+    originals = [("x-low", "1"), ("X-Mixed", "2")]
+    h = Headers(source=Source(originals))
+    h["X-New"] = "a"  # a new key: its name is the write's
+    h["x-new"] = "b"  # the same key again: the first name stays
+    h["X-LOW"] = "c"  # written before decoding; the originals name it "x-low"...
+    h["x-mixed"] = "d"  # ...and this write, first, names "x-mixed" as its key
+    assert sorted(h) == ["X-LOW", "X-New", "x-mixed"]
+    assert dict(h.multi_items()) == {"X-LOW": "c", "x-mixed": "d", "X-New": "b"}
+    # After decoding: a key the originals named keeps that name.
+    after = Headers(originals)
+    after["X-LOW"] = "e"
+    after["x-mixed"] = "f"
+    after["Brand-New"] = "g"
+    assert list(after) == ["x-low", "X-Mixed", "Brand-New"]
+    assert after.rewrite_entries() == [("x-low", "e"), ("x-mixed", "f"), ("brand-new", "g")]
+
+
+def test_changes_keep_the_order_of_first_change_across_decoding() -> None:
+    h = Headers(source=Source([("a", "1"), ("b", "2")]))
+    h["c"] = "3"
+    h.discard("a")
+    assert h["b"] == "2"  # decodes: the changes so far are applied
+    h["a"] = "4"  # a removed key set again keeps its first place
+    h.add("c", "5")
+    del h["b"]
+    assert h.rewrite_entries() == [("c", "3, 5"), ("a", "4"), ("b", None)]
+    assert list(h.multi_items()) == [("c", "3"), ("c", "5"), ("a", "4")]
+    assert h.writes == 5 and h.changed
+    source = Source([("h", "x")], (("q", "1"),))
+    a = Args(source=source)
+    a.add("q", "2")  # add decodes first, then appends to the originals
+    assert a.rewrite_entries() == [("q", "1"), ("q", "2")]
+    assert a.get_all("q") == ["1", "2"] and source.decoded == ["args"]
