@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from runner.api.multidict import Args, Headers
-from runner.proto import InfoType
+from runner.proto import InfoType, ReqCallView
 from runner.proto.fb import Changes, encoded
 
 # Asks APISIX for one piece of ExtraInfo: (InfoType, var name) -> raw result.
@@ -83,7 +83,13 @@ class Request:
     def __init__(self, source: RequestSource, ask: Ask, conf_token: int = 0) -> None:
         self._src = source
         self._ask = ask
-        self.id = source.id
+        # The same read twice, on purpose: compiled, the first is a native
+        # read of a ReqCallView's field; the second, of any other source (a
+        # test's), goes through the protocol (a lookup by name).
+        if isinstance(source, ReqCallView):
+            self.id = source.id
+        else:
+            self.id = source.id
         self.conf_token = conf_token
         self._headers: Headers | None = None
         self._args: Args | None = None
@@ -114,7 +120,11 @@ class Request:
         if self._new_path is not None:
             return self._new_path
         if self._path is None:
-            self._path = self._src.path
+            src = self._src
+            if isinstance(src, ReqCallView):  # a native read when compiled (see __init__)
+                self._path = src.path
+            else:
+                self._path = src.path
         return self._path
 
     @path.setter

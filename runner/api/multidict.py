@@ -43,6 +43,8 @@ def _lower(name: str) -> str:
     key = _LOWER.get(name)
     if key is None:
         key = name.lower()
+        if key == name:
+            key = name  # the same object: callers tell "already lower-case" by identity
         if len(_LOWER) < _LOWER_MAX and len(name) <= _LOWER_LEN:
             _LOWER[name] = key
     return key
@@ -137,7 +139,7 @@ class MultiDict(MutableMapping[str, str | None]):
 
     def _write(self, name: str, values: Values | None) -> None:
         key = self._key(name)
-        if key != name:
+        if key is not name and key != name:
             self._given(key, name)
         self._changed[key] = values
         self.writes += 1
@@ -156,7 +158,7 @@ class MultiDict(MutableMapping[str, str | None]):
         # _write, inlined: setting a header is what most plugins do on every
         # call, and two Python calls cost more than the rest of it.
         key = _lower(name) if self._fold_case else name
-        if key != name:
+        if key is not name and key != name:
             self._given(key, name)
         values = [value]
         self._changed[key] = values

@@ -29,10 +29,16 @@ typedef struct {
     PyObject *owner; /* NULL, or the bytes object to release */
 } text;
 
-static int
+static inline int
 text_of(PyObject *s, text *out)
 {
     out->owner = NULL;
+    if (PyUnicode_CheckExact(s) && PyUnicode_IS_COMPACT_ASCII(s)) {
+        /* The usual name or value: its characters are its UTF-8. */
+        out->data = (const char *)PyUnicode_DATA(s);
+        out->len = PyUnicode_GET_LENGTH(s);
+        return 0;
+    }
     if (!PyUnicode_Check(s)) {
         PyErr_Format(PyExc_TypeError, "header and arg names and values are str, not %.100s",
                      Py_TYPE(s)->tp_name);
@@ -57,7 +63,7 @@ text_of(PyObject *s, text *out)
 }
 
 /* Length, bytes, NUL and padding to 4: 8 + len - len % 4 bytes. */
-static Py_ssize_t
+static inline Py_ssize_t
 string_size(Py_ssize_t len)
 {
     return 8 + len - (len & 3);
@@ -80,7 +86,7 @@ entry_of(PyObject *pair, PyObject **name, PyObject **value)
     return 0;
 }
 
-static void
+static inline void
 put_u32(unsigned char *at, Py_ssize_t value)
 {
     uint32_t v = (uint32_t)value;
@@ -90,12 +96,14 @@ put_u32(unsigned char *at, Py_ssize_t value)
     at[3] = (unsigned char)(v >> 24);
 }
 
-static unsigned char *
+/* Length, bytes, NUL and padding: the last 4-byte word is zeroed first and
+ * the bytes copied over its start, which leaves the NUL and the padding. */
+static inline unsigned char *
 put_string(unsigned char *at, const text *t)
 {
     put_u32(at, t->len);
+    put_u32(at + 4 + (t->len & ~(Py_ssize_t)3), 0);
     memcpy(at + 4, t->data, (size_t)t->len);
-    memset(at + 4 + t->len, 0, (size_t)(4 - (t->len & 3)));
     return at + string_size(t->len);
 }
 
@@ -236,10 +244,10 @@ emit(vec *v, PyObject *name, int kind, PyObject *value)
     at = put_string(at + 12, &n);
     Py_XDECREF(n.owner);
     put_u32(at, vlen);
+    put_u32(at + 4 + (vlen & ~(Py_ssize_t)3), 0); /* NUL and padding, as put_string */
     if (put_value(at + 4, kind, value) < 0) {
         return -1;
     }
-    memset(at + 4 + vlen, 0, (size_t)(4 - (vlen & 3)));
     v->at = at + string_size(vlen);
     return 0;
 }
