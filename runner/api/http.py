@@ -52,7 +52,6 @@ def _ip_text(packed: bytes) -> str:
     return ""
 
 
-Entries = list[tuple[str, str | None]]  # header or arg changes, as Rewrite entries
 _NO_CHANGES: Final[Changes] = {}  # shared, never written to
 _VAR: Final = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
 
