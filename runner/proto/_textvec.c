@@ -123,69 +123,32 @@ typedef struct {
  * out: RFC 9110 §5.3's way of folding a repeated header into one). */
 enum { NO_VALUE, ONE_VALUE, JOINED_VALUE };
 
-static int
-value_size(int kind, PyObject *value, Py_ssize_t *len)
+/* An entry's value: its length in *len and, unless `at` is NULL (sizing),
+ * its bytes written at `at`. One walk for both, so they cannot disagree. */
+static inline int
+value_text(int kind, PyObject *value, unsigned char *at, Py_ssize_t *len)
 {
     *len = 0;
-    if (kind == ONE_VALUE) {
-        if (value == Py_None) {
-            return 0;
-        }
-        text t;
-        if (text_of(value, &t) < 0) {
-            return -1;
-        }
-        *len = t.len;
-        Py_XDECREF(t.owner);
-        return 0;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(value), parts = 0;
+    Py_ssize_t n = kind == ONE_VALUE ? 1 : PyList_GET_SIZE(value), parts = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(value, i);
+        PyObject *item = kind == ONE_VALUE ? value : PyList_GET_ITEM(value, i);
         if (item == Py_None) {
-            continue;
-        }
-        text t;
-        if (text_of(item, &t) < 0) {
-            return -1;
-        }
-        *len += t.len + (parts++ ? 2 : 0);
-        Py_XDECREF(t.owner);
-    }
-    return 0;
-}
-
-static int
-put_value(unsigned char *at, int kind, PyObject *value)
-{
-    if (kind == ONE_VALUE) {
-        if (value == Py_None) {
-            return 0;
-        }
-        text t;
-        if (text_of(value, &t) < 0) {
-            return -1;
-        }
-        memcpy(at, t.data, (size_t)t.len);
-        Py_XDECREF(t.owner);
-        return 0;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(value), parts = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(value, i);
-        if (item == Py_None) {
-            continue;
+            continue; /* one None is an empty value; in a list, it is left out */
         }
         text t;
         if (text_of(item, &t) < 0) {
             return -1;
         }
         if (parts++) {
-            memcpy(at, ", ", 2);
-            at += 2;
+            if (at != NULL) {
+                memcpy(at + *len, ", ", 2);
+            }
+            *len += 2;
         }
-        memcpy(at, t.data, (size_t)t.len);
-        at += t.len;
+        if (at != NULL) {
+            memcpy(at + *len, t.data, (size_t)t.len);
+        }
+        *len += t.len;
         Py_XDECREF(t.owner);
     }
     return 0;
@@ -207,7 +170,7 @@ emit(vec *v, PyObject *name, int kind, PyObject *value)
     if (text_of(name, &n) < 0) {
         return -1;
     }
-    if (kind != NO_VALUE && value_size(kind, value, &vlen) < 0) {
+    if (kind != NO_VALUE && value_text(kind, value, NULL, &vlen) < 0) {
         Py_XDECREF(n.owner);
         return -1;
     }
@@ -245,8 +208,12 @@ emit(vec *v, PyObject *name, int kind, PyObject *value)
     Py_XDECREF(n.owner);
     put_u32(at, vlen);
     put_u32(at + 4 + (vlen & ~(Py_ssize_t)3), 0); /* NUL and padding, as put_string */
-    if (put_value(at + 4, kind, value) < 0) {
+    Py_ssize_t written;
+    if (value_text(kind, value, at + 4, &written) < 0) {
         return -1;
+    }
+    if (written != vlen) {
+        return changed_under_us();
     }
     v->at = at + string_size(vlen);
     return 0;

@@ -24,13 +24,14 @@ writing it just before its table is legal. Tables and strings are 4-aligned.
 
 from __future__ import annotations
 
-import importlib
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import librt.strings
 from librt.strings import BytesWriter, read_i16_le, read_i32_le, write_i16_le, write_i32_le
+
+from .chelpers import c_function
 
 _U32: Final = struct.Struct("<I")
 _I32: Final = struct.Struct("<i")
@@ -503,21 +504,16 @@ def _write_entries(w: BytesWriter, items: list[tuple[str, str | None]], vtables:
             write_string(w, vb)
 
 
-def c_helper(name: str) -> Any:
-    """A function of the C vector writer (``_textvec.c``), where the compiled
-    build installed it; None in the pure build."""
-    try:
-        return getattr(importlib.import_module("runner.proto._textvec"), name)
-    except ImportError:
-        return None
-
-
-_TEXT_VECTOR_C: Final[Callable[[TextPairs, int, int], bytes] | None] = c_helper("text_vector")
+#: The C vector writer (the compiled build's; messages takes its Rewrite builder from it).
+TEXTVEC_MODULE: Final = "runner.proto._textvec"
+_TEXT_VECTOR_C: Final[Callable[[TextPairs, int, int], bytes] | None] = c_function(
+    TEXTVEC_MODULE, "text_vector"
+)
 #: ``text_vector(pairs: list, start, vtables) -> bytes``: the C writer or its Python twin.
 text_vector: Final[Callable[[TextPairs, int, int], bytes]] = _TEXT_VECTOR_C or text_vector_py
 #: ``changes_vector(changes, join, start, vtables) -> bytes``: likewise.
 changes_vector: Final[Callable[[Changes, bool, int, int], bytes]] = (
-    c_helper("changes_vector") or changes_vector_py
+    c_function(TEXTVEC_MODULE, "changes_vector") or changes_vector_py
 )
 
 

@@ -24,11 +24,12 @@ of exactly its size and the transport reads straight into it, so even a
 from __future__ import annotations
 
 import enum
-import importlib
 import mmap
 import struct
 from collections.abc import Callable
 from typing import Final
+
+from .chelpers import c_function
 
 HEADER_SIZE: Final = 4
 MAX_PAYLOAD: Final = (1 << 24) - 1
@@ -67,15 +68,10 @@ def cut_payload(buf: bytearray, start: int, end: int) -> bytes | None:
     return memoryview(buf)[begin : begin + length].tobytes()
 
 
-def _load_cut() -> Callable[[bytearray, int, int], bytes | None]:
-    """The C frame cutter where the compiled build installed it, else the Python one."""
-    try:
-        return importlib.import_module("runner.proto._cutframe").cut_payload  # type: ignore[no-any-return]
-    except ImportError:
-        return cut_payload
-
-
-_CUT: Final = _load_cut()
+# The C frame cutter where the compiled build installed it, else the Python one.
+_CUT: Final[Callable[[bytearray, int, int], bytes | None]] = (
+    c_function("runner.proto._cutframe", "cut_payload") or cut_payload
+)
 
 
 def encode_header(rpc_type: int, length: int) -> bytes:

@@ -18,15 +18,16 @@ from typing import Final, NamedTuple
 
 from librt.strings import BytesWriter
 
+from .chelpers import c_function
 from .fb import (
     TEXT_VTABLES,
+    TEXTVEC_MODULE,
     Changes,
     DecodeError,
     Table,
     TextPairs,
     align4,
     begin_table,
-    c_helper,
     changes_vector,
     encoded,
     patch,
@@ -382,7 +383,7 @@ def _rewrite_layout(mask: int) -> _RewriteLayout:
 # Every one of the 32 shapes, indexed by the mask: a list index, no dict and
 # no tuple of bools to build per reply.
 _REWRITE_LAYOUTS: Final = [_rewrite_layout(mask) for mask in range(32)]
-_REWRITE_FRAME_C: Final[Callable[..., bytes] | None] = c_helper("rewrite_frame")
+_REWRITE_FRAME_C: Final[Callable[..., bytes] | None] = c_function(TEXTVEC_MODULE, "rewrite_frame")
 _TEXT_VTABLES_SIZE: Final = len(TEXT_VTABLES)
 
 # A Rewrite's header and arg fields: (name, value) entries, or a multi-dict's
@@ -395,6 +396,20 @@ def _vector(field: TextField, join: bool, start: int, vtables: int) -> bytes:
     if isinstance(field, dict):
         return changes_vector(field, join, start, vtables)
     return text_vector(field if isinstance(field, list) else list(field), start, vtables)
+
+
+def _layout_of(
+    path: str | None,
+    headers: TextField,
+    args: TextField,
+    resp_headers: Sequence[tuple[str, str | None]],
+    body: bytes | None,
+) -> _RewriteLayout:
+    """The template of the Rewrite with these fields present (empty ones are left out)."""
+    return _REWRITE_LAYOUTS[
+        (path is not None) | (2 if headers else 0) | (4 if args else 0)
+        | (8 if resp_headers else 0) | (16 if body else 0)
+    ]  # fmt: skip
 
 
 def _listed(field: TextField) -> list[tuple[str, str | None]] | Changes:
@@ -420,13 +435,10 @@ def build_req_call_rewrite(
     writes the same bytes."""
     if _REWRITE_FRAME_C is None:
         return build_req_call_rewrite_py(req_id, path, headers, args, resp_headers, body)
-    head, tail, _, _ = _REWRITE_LAYOUTS[
-        (path is not None) | (2 if headers else 0) | (4 if args else 0)
-        | (8 if resp_headers else 0) | (16 if body else 0)
-    ]  # fmt: skip
+    head, tail, _, _ = _layout_of(path, headers, args, resp_headers, body)
     frame = _REWRITE_FRAME_C(
         head, tail, TEXT_VTABLES, _REQ_CALL, req_id, path, _listed(headers), _listed(args),
-        resp_headers if isinstance(resp_headers, list) else list(resp_headers), body,
+        _listed(resp_headers), body,
     )  # fmt: skip
     if len(frame) - HEADER_SIZE > MAX_PAYLOAD:
         raise FrameTooLarge(_TOO_LARGE.format(MAX_PAYLOAD, len(frame) - HEADER_SIZE))
@@ -446,10 +458,7 @@ def build_req_call_rewrite_py(
     Each child's place is known before it is written (each vector is made
     whole for its place), so the table's offsets are written in order, then
     the shared TextEntry vtables, then the children, with nothing patched."""
-    head, tail, slot, vtables = _REWRITE_LAYOUTS[
-        (path is not None) | (2 if headers else 0) | (4 if args else 0)
-        | (8 if resp_headers else 0) | (16 if body else 0)
-    ]  # fmt: skip
+    head, tail, slot, vtables = _layout_of(path, headers, args, resp_headers, body)
     w = BytesWriter()
     w.write(head)
     write_u32(w, req_id)
@@ -461,33 +470,22 @@ def build_req_call_rewrite_py(
         write_u32(w, pos - slot)
         slot += 4
         pos += 8 + len(raw_path) - (len(raw_path) & 3)  # length, bytes, NUL, padding
-    header_vec = arg_vec = resp_vec = b""
-    if headers:
-        header_vec = _vector(headers, True, pos, vtables)
-        write_u32(w, pos - slot)
-        slot += 4
-        pos += len(header_vec)
-    if args:
-        arg_vec = _vector(args, False, pos, vtables)
-        write_u32(w, pos - slot)
-        slot += 4
-        pos += len(arg_vec)
-    if resp_headers:
-        resp_vec = _vector(resp_headers, True, pos, vtables)
-        write_u32(w, pos - slot)
-        slot += 4
-        pos += len(resp_vec)
+    vectors: list[bytes] = []
+    # Headers are joined per name, args are not; resp_headers are pairs already.
+    for field, join in ((headers, True), (args, False), (resp_headers, True)):
+        if field:
+            vector = _vector(field, join, pos, vtables)
+            write_u32(w, pos - slot)
+            slot += 4
+            pos += len(vector)
+            vectors.append(vector)
     if body:
         write_u32(w, pos - slot)
     w.write(TEXT_VTABLES)
     if path is not None:
         write_string(w, raw_path)
-    if header_vec:
-        w.write(header_vec)
-    if arg_vec:
-        w.write(arg_vec)
-    if resp_vec:
-        w.write(resp_vec)
+    for vector in vectors:
+        w.write(vector)
     if not body:
         return _framed(w, _REQ_CALL_HI)
     write_u32(w, len(body))

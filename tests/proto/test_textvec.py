@@ -12,6 +12,7 @@ import pytest
 
 from runner import hotpath
 from runner.proto import fb, messages
+from runner.proto.chelpers import c_function
 from runner.proto.fb import Changes
 from runner.testing.frames import Rewrite, parse_req_call_resp
 
@@ -52,7 +53,7 @@ def test_the_c_writers_are_installed_where_the_build_promises() -> None:
 
 
 def _c(name: str) -> Callable[..., Any]:
-    found = fb.c_helper(name)
+    found = c_function(fb.TEXTVEC_MODULE, name)
     if found is None:
         pytest.skip("the pure build has no C writers (their Python twins are tested below)")
     return found  # type: ignore[no-any-return]
