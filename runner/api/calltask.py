@@ -29,8 +29,9 @@ import asyncio
 import contextvars
 from asyncio import tasks
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
+from runner.api.stepping import Asked, Question, Returned, step_in
 from runner.api.taskhandle import DoneCallbacks, TaskHandle
 
 # asyncio's own bookkeeping of the current task (C functions); typed for any
@@ -40,22 +41,31 @@ _enter_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = tasks._en
 _leave_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = tasks._leave_task
 # loop -> its running task (asyncio.current_task() in 3.11 is Python around this).
 _current_tasks: Final[dict[asyncio.AbstractEventLoop, Any]] = getattr(tasks, "_current_tasks")  # noqa: B009
+_step_in: Final = step_in
+_copy_context: Final = contextvars.copy_context
+_TaskHandle: Final = TaskHandle
+_Returned: Final = Returned
+_Question: Final = Question
 
 #: Called once when the coroutine ends: (its result, None) or (None, its exception).
 OnDone = Callable[[Any, BaseException | None], None]
 
 
-class StepGuard(Protocol):
-    """What the watchdog reads: steps started so far, and whether one runs now."""
+class StepGuard:
+    """Steps of plugin code started so far, and whether one runs now: what
+    the worker's watchdog thread reads to find a plugin that blocks the event
+    loop (runner.server.watchdog). The worker's ServerState is one. A class,
+    not a Protocol: compiled, its fields are read and written in place."""
 
-    inline_calls: int
-    inline: bool
+    def __init__(self) -> None:
+        self.inline_calls = 0
+        self.inline = False
 
 
 class CallTask:
     __slots__ = (
         "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks", "_error",
-        "_guard", "_handle", "_loop", "_on_done", "_quick", "_result", "_send", "must_cancel",
+        "_guard", "_handle", "_loop", "_on_done", "_quick", "_result", "must_cancel",
         "waiter",
     )  # fmt: skip
 
@@ -67,21 +77,19 @@ class CallTask:
         guard: StepGuard | None = None,
     ) -> None:
         self._coro = coro
-        # One bound method for every step, not one per step.
-        self._send: Callable[[Any], Any] = coro.send
         # Marked busy while a step runs plugin code, so the worker's watchdog
         # can interrupt a step that holds the event loop (runner.server.watchdog).
         self._guard = guard
         self._loop = loop
         self._on_done = on_done
-        self._context = contextvars.copy_context()
-        handle = TaskHandle()
+        self._context = _copy_context()
+        handle = _TaskHandle()
         handle._call = self
         # The current task while a step runs. Until the call ends, the two
         # refer to each other; the call lets go then, so no cycle outlives it.
         self._handle: TaskHandle | None = handle
         self.waiter: Any = None  # the future the coroutine awaits now
-        self._quick: Any = None  # a future the owner resolves and then calls answered() for
+        self._quick: Any = None  # the last Question the call's own coroutine asked
         self.must_cancel = False
         self._cancel_msg: Any = None
         self._cancels = 0
@@ -100,21 +108,23 @@ class CallTask:
     def start(self) -> None:
         self._resume()
 
-    def question(self) -> asyncio.Future[Any]:
-        """A new future the owner will resolve and then call :meth:`answered`
-        for: if the coroutine awaits it, no done-callback (and no loop round)
-        is needed to resume it."""
-        old = self._quick
-        if old is not None and old is self.waiter:
-            # The coroutine awaits an earlier question while a child task
-            # asks this one: the earlier one now needs its done-callback.
-            old.add_done_callback(self._wakeup)
-        fut = self._quick = self._loop.create_future()
-        return fut
+    def question(self) -> Asked:
+        """What the connection resolves and then calls :meth:`answered` for.
 
-    def answered(self, fut: asyncio.Future[Any]) -> None:
-        """``fut`` (from :meth:`question`) has its result: resume now if it is awaited."""
-        if self.waiter is fut and self._quick is fut:
+        Asked by the call's own coroutine (the usual case): a Question, which
+        nothing but answered() resumes it from (no done-callback, no loop
+        round). Asked from a child task (gather, create_task, wait_for): an
+        asyncio Future, the only thing asyncio's tasks wait on; its
+        done-callback wakes that task."""
+        handle = self._handle
+        if handle is not None and _current_tasks.get(self._loop) is handle:
+            question = self._quick = _Question()
+            return question
+        return self._loop.create_future()
+
+    def answered(self, question: Asked) -> None:
+        """``question`` (from :meth:`question`) has its answer: resume now if the call awaits it."""
+        if self.waiter is question and self._quick is question:
             self._resume()
 
     # -- asyncio.Task's API, through the TaskHandle (and cancel() by the connection)
@@ -217,7 +227,6 @@ class CallTask:
             exc = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
         self.waiter = None
         loop = self._loop
-        _enter_task(loop, handle)
         guard = self._guard
         if guard is not None:
             guard.inline_calls += 1
@@ -225,14 +234,19 @@ class CallTask:
         try:
             try:
                 if exc is None:
-                    result = self._context.run(self._send, None)
+                    # The usual step: nothing is raised when the coroutine
+                    # ends, and the task is entered and left in C (stepping.step_in).
+                    result = _step_in(self._context, self._coro, None, loop, handle)
                 else:
-                    result = self._context.run(self._coro.throw, exc)
+                    _enter_task(loop, handle)
+                    try:
+                        result = self._context.run(self._coro.throw, exc)
+                    finally:
+                        _leave_task(loop, handle)
             finally:
                 if guard is not None:
                     guard.inline = outer
-                _leave_task(loop, handle)
-        except StopIteration as stop:
+        except StopIteration as stop:  # the end, after a throw
             self._finish(stop.value, None)
         except (Exception, asyncio.CancelledError) as error:
             self._finish(None, error)
@@ -240,32 +254,34 @@ class CallTask:
             self._finish(None, error)
             raise
         else:
-            self._wait_on(result)
+            if type(result) is _Returned:
+                self._finish(result.value, None)
+            else:
+                self._wait_on(result)
 
     def _wait_on(self, result: Any) -> None:
         """The coroutine yielded ``result``: arrange to be woken as a Task would."""
-        if result is self._quick and result is not None and not self.must_cancel:
-            # The usual wait: the owner's own question, which wakes us by
-            # answered() (no callback). Its _asyncio_future_blocking flag
-            # stays set: it is only read when a future is yielded, and this
-            # one is never yielded again.
+        if result is self._quick and result is not None:
+            # The usual wait: the call's own question, which answered() wakes
+            # it from (no callback).
             self.waiter = result
+            if self.must_cancel:  # cancelled between steps: the await raises
+                self.must_cancel = False
+                result.cancel(self._cancel_msg)
+                self._resume_soon()
             return
         blocking = getattr(result, "_asyncio_future_blocking", None)
         if blocking:
             result._asyncio_future_blocking = False
             self.waiter = result
-            if result is not self._quick:
-                if result.get_loop() is not self._loop:
-                    self.waiter = None
-                    error = RuntimeError(f"a plugin awaited {result!r}, from another event loop")
-                    self._loop.call_soon(self._step, error)
-                    return
-                result.add_done_callback(self._wakeup)
+            if result.get_loop() is not self._loop:
+                self.waiter = None
+                error = RuntimeError(f"a plugin awaited {result!r}, from another event loop")
+                self._loop.call_soon(self._step, error)
+                return
+            result.add_done_callback(self._wakeup)
             if self.must_cancel and result.cancel(self._cancel_msg):
                 self.must_cancel = False
-                if result is self._quick:
-                    self._resume_soon()
         elif result is None:
             self._loop.call_soon(self._step, None)  # a bare yield (asyncio.sleep(0))
         else:

@@ -259,13 +259,13 @@ async def run_req_async(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
         else:
             # _run_guarded written out for the usual async step (no metrics,
             # no deadline of its own): a coroutine less on the way to every
-            # ExtraInfo answer.
-            context = _TASK_CONTEXT.set((req_id, step.name))
+            # ExtraInfo answer. The log context is not reset after the step
+            # (a reset costs as much as the set): the next step sets its own,
+            # and nothing but this step's own failure line (which names the
+            # plugin anyway) logs in the call's context after it.
+            _TASK_CONTEXT.set((req_id, step.name))
             try:
-                try:
-                    await step.fn(step.conf, request, response)
-                finally:
-                    _TASK_CONTEXT.reset(context)
+                await step.fn(step.conf, request, response)
             except DecodeError:
                 raise
             except Exception as exc:

@@ -25,9 +25,10 @@ from time import monotonic, perf_counter
 from typing import Any, Final, cast
 
 from runner.api import dispatch
-from runner.api.calltask import CallTask
+from runner.api.calltask import CallTask, StepGuard
 from runner.api.http import Ask
 from runner.api.plugin import ConfError
+from runner.api.stepping import Asked
 from runner.conf.confstore import ConfStore
 from runner.ops.logs import LogLimiter
 from runner.ops.metrics import BUCKETS, RPC_NAMES
@@ -65,20 +66,17 @@ _get_running_loop: Final = asyncio.get_running_loop
 _monotonic: Final = monotonic
 
 
-class ServerState:
+class ServerState(StepGuard):
     """What all connections of a worker share."""
 
     def __init__(self, store: ConfStore, call_timeout: float) -> None:
+        super().__init__()
         self.store = store
         self.metrics = store.metrics
         self.call_timeout = call_timeout
         self.connections: set[Connection] = set()
         # Told when a connection comes or goes (the pool publishes the count).
         self.on_count: Callable[[], None] | None = None
-        # Inline (sync) calls started, and whether one runs now: the watchdog
-        # thread reads them to find a plugin that blocks the event loop.
-        self.inline_calls = 0
-        self.inline = False
         self.async_calls = 0
         self.busy = 0  # connections with a call in flight
         self.idle_waiter: asyncio.Future[None] | None = None
@@ -141,7 +139,7 @@ class Connection(asyncio.BufferedProtocol):
         self._late = 0
         # Oldest first; a list, not a deque: rarely more than one, and
         # compiled, a list's append and pop(0) are native calls.
-        self._questions: list[asyncio.Future[bytes | None]] = []
+        self._questions: list[Asked] = []
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         # The other frames a connection answers (buffer_updated calls
         # _req_call, the usual frame, directly).
@@ -208,9 +206,9 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = None
         if self._call is not None:
             self._call.cancel()
-        for fut in self._questions:
-            if not fut.done():
-                fut.set_exception(ConnectionError("APISIX closed the connection"))
+        for question in self._questions:
+            if not question.done():
+                question.set_exception(ConnectionError("APISIX closed the connection"))
         self._questions.clear()
 
     # -- frames
@@ -370,17 +368,17 @@ class Connection(asyncio.BufferedProtocol):
             self._questions.clear()
         self._state.call_done()
 
-    def _ask(self, info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
-        """Send an ExtraInfo request; the future resolves with APISIX's answer.
-        Several may be in flight: APISIX answers them in order."""
+    def _ask(self, info_type: int, name: str | None) -> Asked:
+        """Send an ExtraInfo request; awaiting what this returns gives APISIX's
+        answer. Several may be in flight: APISIX answers them in order."""
         if self._call is None:
             raise RuntimeError("request.var() and request.body() need an `async def filter`")
-        fut: asyncio.Future[bytes | None] = self._call.question()
-        self._questions.append(fut)
+        question = self._call.question()
+        self._questions.append(question)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
         self._write(build_extra_info(info_type, name))
-        return fut
+        return question
 
     def _answer(self, rpc_type: int, payload: Payload) -> None:
         if rpc_type != _EXTRA_INFO or not self._questions:
@@ -391,15 +389,15 @@ class Connection(asyncio.BufferedProtocol):
             )  # fmt: skip
             self.close()
             return
-        fut = self._questions.pop(0)
-        if fut.done():
+        question = self._questions.pop(0)
+        if question.done():
             return  # cancelled (the call's deadline); the answer is late
         try:
-            fut.set_result(extra_info_result(payload))
+            question.set_result(extra_info_result(payload))
         except DecodeError as exc:
-            fut.set_exception(exc)
+            question.set_exception(exc)
         if self._call is not None:
-            self._call.answered(fut)  # resumes the plugin now, not a loop round later
+            self._call.answered(question)  # resumes the plugin now, not a loop round later
 
     @property
     def idle(self) -> bool:
@@ -433,7 +431,7 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.close()
 
 
-def _closed_ask(info_type: int, name: str | None) -> asyncio.Future[bytes | None]:
+def _closed_ask(info_type: int, name: str | None) -> Asked:
     raise ConnectionError("APISIX closed the connection")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from runner.api.calltask import CallTask
+from runner.api.stepping import Asked, Question
 from runner.api.taskhandle import TaskHandle
 
 _T = TypeVar("_T")
@@ -121,16 +122,16 @@ class BadYield:
 
 class FakeConnection:
     """The part of runner.server.conn.Connection that drives a CallTask's questions:
-    each ask() is a future from CallTask.question(); answers resolve them in
-    order, then call answered()."""
+    each ask() is CallTask.question() (a Question, or a Future for a child
+    task); answers resolve them in order, then call answered()."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, task: CallTask) -> None:
         self.loop = loop
         self.task = task
-        self.questions: collections.deque[tuple[str, asyncio.Future[str]]] = collections.deque()
+        self.questions: collections.deque[tuple[str, Asked]] = collections.deque()
 
-    def ask(self, name: str) -> asyncio.Future[str]:
-        fut: asyncio.Future[str] = self.task.question()
+    def ask(self, name: str) -> Asked:
+        fut = self.task.question()
         self.questions.append((name, fut))
         return fut
 
@@ -266,19 +267,22 @@ def test_timeout_on_slow_sleep_and_go_on(loop: asyncio.AbstractEventLoop) -> Non
 def test_timeout_on_a_question_never_answered(loop: asyncio.AbstractEventLoop) -> None:
     harness = Harness(loop)
 
+    asked: list[Asked] = []
+
     async def body() -> str:
+        asked.append(task.question())
         try:
             async with asyncio.timeout(0.02):
-                await question
+                await asked[0]
         except TimeoutError:
             return "gave up"
         return "answered"
 
     task = harness.make(body())
-    question: asyncio.Future[str] = task.question()
     in_callback(loop, task.start)
     assert harness.wait() == ("gave up", None)
-    assert question.cancelled()
+    assert type(asked[0]) is Question
+    assert asked[0].cancelled()
     assert task.cancelling() == 0
 
 
@@ -442,23 +446,25 @@ def test_cancel_from_inside(loop: asyncio.AbstractEventLoop) -> None:
 def test_cancel_while_awaiting_a_question(loop: asyncio.AbstractEventLoop) -> None:
     harness = Harness(loop)
 
+    asked: list[Asked] = []
+
     async def body() -> str:
+        asked.append(task.question())
         try:
-            await question
+            await asked[0]
         except asyncio.CancelledError:
             return "cancelled"
         return "answered"
 
     task = harness.make(body())
-    question: asyncio.Future[str] = task.question()
     in_callback(loop, task.start)
     settle(loop)
     assert not harness.outcomes
     assert in_callback(loop, task.cancel) is True
     assert harness.wait() == ("cancelled", None)
-    assert question.cancelled()
+    assert asked[0].cancelled()
     # An answer that comes late changes nothing.
-    in_callback(loop, lambda: task.answered(question))
+    in_callback(loop, lambda: task.answered(asked[0]))
     settle(loop)
     assert len(harness.outcomes) == 1
 
@@ -485,22 +491,24 @@ def test_answered_resumes_synchronously(loop: asyncio.AbstractEventLoop) -> None
     harness = Harness(loop)
     trace: list[str] = []
 
+    asked: list[Asked] = []
+
     async def body() -> str:
         trace.append("asked")
-        value = await question
+        asked.append(task.question())
+        value: str = await asked[0]
         trace.append(f"got {value}")
         return value
 
     task = harness.make(body())
-    question: asyncio.Future[str] = task.question()
 
     def start() -> list[str]:
         task.start()
         return list(trace)
 
     def answer() -> tuple[list[str], list[Outcome]]:
-        question.set_result("x")
-        task.answered(question)
+        asked[0].set_result("x")
+        task.answered(asked[0])
         # The coroutine ran past its await before answered() returned.
         return list(trace), list(harness.outcomes)
 
@@ -516,20 +524,22 @@ def test_answered_for_a_future_not_awaited_does_nothing(loop: asyncio.AbstractEv
     other: asyncio.Future[str] = loop.create_future()
     trace: list[str] = []
 
+    asked: list[Asked] = []
+
     async def body() -> str:
+        asked.append(task.question())  # asked, but awaited only later
         got_other = await other
         trace.append(f"other {got_other}")
-        got_question = await question  # answered already: no suspension
+        got_question: str = await asked[0]  # answered already: no suspension
         trace.append(f"question {got_question}")
         return got_other + got_question
 
     task = harness.make(body())
-    question: asyncio.Future[str] = task.question()
     in_callback(loop, task.start)
 
     def answer() -> None:
-        question.set_result("Q")
-        task.answered(question)
+        asked[0].set_result("Q")
+        task.answered(asked[0])
 
     in_callback(loop, answer)
     settle(loop)
@@ -609,6 +619,8 @@ def test_second_question_asked_by_a_child_while_awaiting_the_first(
     in_callback(loop, task.start)
     settle(loop)
     assert [name for name, _ in conn.questions] == ["a", "b"]
+    # The call's own question, and the Future a child task (an asyncio Task) can wait on.
+    assert [type(q) for _, q in conn.questions] == [Question, asyncio.Future]
     in_callback(loop, lambda: conn.answer("A"))
     in_callback(loop, lambda: conn.answer("B"))
     assert harness.wait(timeout=0.5) == (("A", "B"), None)

@@ -1,0 +1,475 @@
+/* The compiled build's side of stepping a call's coroutine (runner/api/calltask.py).
+ *
+ * runner/api/stepping.py has the same three things in Python, which the pure
+ * build runs; tests/api/test_stepping.py runs both side by side.
+ *
+ * step_in(context, coro, value, loop, task): one step of the coroutine, in
+ *     its context, with `task` as the loop's current task (what
+ *     asyncio.current_task() returns). Returns what the coroutine yielded, or
+ *     a Returned holding what it returned. Python's own `context.run(coro.send, value)` reports the end
+ *     of the coroutine as a StopIteration; caught in the compiled CallTask,
+ *     that exception cost ~4,000 instructions per call (a traceback entry,
+ *     the catch, the re-raise through a `finally`). PyIter_Send reports it as
+ *     a return value: mypyc's coroutines and CPython's both end without
+ *     raising anything.
+ *
+ * Question: what a call's own coroutine awaits while APISIX answers an
+ *     ExtraInfo question. An asyncio Future does the same job for ~2,000
+ *     instructions more (`loop.create_future()` asks the loop for its debug
+ *     flag, the await makes an iterator, done-callbacks are a list): nobody
+ *     but the call waits on a question, and the connection resumes the call
+ *     itself once the answer is in. Awaiting one yields the question itself
+ *     (once: the call's task recognises it) and then returns its answer, or
+ *     raises its error. Only the call's own task may await one; a child task
+ *     (gather, create_task, wait_for) is given a real Future instead, since
+ *     asyncio's tasks accept nothing else.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* -- Returned */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;
+} ReturnedObject;
+
+static PyTypeObject ReturnedType;
+
+static PyObject *
+returned_new(PyObject *value) /* steals `value` */
+{
+    ReturnedObject *self = PyObject_New(ReturnedObject, &ReturnedType);
+    if (self == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    self->value = value;
+    return (PyObject *)self;
+}
+
+static PyObject *
+returned_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *value;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Returned() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Returned", 1, 1, &value)) {
+        return NULL;
+    }
+    Py_INCREF(value);
+    return returned_new(value);
+}
+
+static void
+returned_dealloc(ReturnedObject *self)
+{
+    Py_XDECREF(self->value);
+    PyObject_Free(self);
+}
+
+static PyMemberDef returned_members[] = {
+    {"value", T_OBJECT, offsetof(ReturnedObject, value), READONLY,
+     "what the coroutine returned"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ReturnedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runner.api._coro.Returned",
+    .tp_doc = "The end of a coroutine, from step_in: `value` is what it returned.",
+    .tp_basicsize = sizeof(ReturnedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = returned_tp_new,
+    .tp_dealloc = (destructor)returned_dealloc,
+    .tp_members = returned_members,
+};
+
+/* -- step_in */
+
+static PyObject *current_tasks; /* asyncio's loop -> its running task */
+
+/* asyncio's _enter_task and _leave_task, on the same dict, with their errors. */
+static int
+enter_task(PyObject *loop, PyObject *task)
+{
+    PyObject *running = PyDict_GetItemWithError(current_tasks, loop);
+    if (running != NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "Cannot enter into task %R while another task %R is being executed.", task,
+                     running);
+        return -1;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    return PyDict_SetItem(current_tasks, loop, task);
+}
+
+static int
+leave_task(PyObject *loop, PyObject *task)
+{
+    PyObject *running = PyDict_GetItemWithError(current_tasks, loop);
+    if (running != task) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "Leaving task %R does not match the current task %R.", task,
+                         running == NULL ? Py_None : running);
+        }
+        return -1;
+    }
+    return PyDict_DelItem(current_tasks, loop);
+}
+
+static PyObject *
+step_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "step_in(context, coro, value, loop, task) takes 5 arguments");
+        return NULL;
+    }
+    PyObject *context = args[0], *loop = args[3], *task = args[4];
+    if (!PyContext_CheckExact(context)) {
+        PyErr_Format(PyExc_TypeError, "step_in: a contextvars.Context, not %.100s",
+                     Py_TYPE(context)->tp_name);
+        return NULL;
+    }
+    if (enter_task(loop, task) < 0) {
+        return NULL;
+    }
+    if (PyContext_Enter(context) < 0) {
+        leave_task(loop, task);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PySendResult status = PyIter_Send(args[1], args[2], &result);
+    /* What a `finally` does: leave the context and the task whatever happened;
+     * a failure to leave replaces the step's own error. */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyContext_Exit(context) < 0 || leave_task(loop, task) < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    PyErr_Restore(type, value, tb);
+    switch (status) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        return returned_new(result);
+    default:
+        return NULL;
+    }
+}
+
+/* -- Question */
+
+static PyObject *CancelledError; /* asyncio.CancelledError */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *result; /* the answer, once there is one */
+    PyObject *error;  /* or the exception the await raises */
+    char done;
+    char cancelled;
+} QuestionObject;
+
+static PyTypeObject QuestionType;
+
+static PyObject *
+question_alloc(PyTypeObject *type)
+{
+    QuestionObject *self = PyObject_GC_New(QuestionObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->result = NULL;
+    self->error = NULL;
+    self->done = 0;
+    self->cancelled = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+question_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Question() takes no arguments");
+        return NULL;
+    }
+    return question_alloc(type);
+}
+
+static PyObject *
+question_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    /* Question() from compiled code: no argument tuple, no type_call. */
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Question() takes no arguments");
+        return NULL;
+    }
+    return question_alloc((PyTypeObject *)type);
+}
+
+static int
+question_traverse(QuestionObject *self, visitproc visit, void *arg)
+{
+    /* An error's traceback can lead back to the question. */
+    Py_VISIT(self->result);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+question_clear(QuestionObject *self)
+{
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+question_dealloc(QuestionObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    question_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+question_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static PySendResult
+question_send(QuestionObject *self, PyObject *arg, PyObject **result)
+{
+    if (!self->done) {
+        /* Not answered yet: the call's task waits on the question itself. */
+        Py_INCREF(self);
+        *result = (PyObject *)self;
+        return PYGEN_NEXT;
+    }
+    if (self->error != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->error), self->error);
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    Py_INCREF(self->result);
+    *result = self->result;
+    return PYGEN_RETURN;
+}
+
+static PyObject *
+question_next(QuestionObject *self)
+{
+    /* For callers that use the iterator protocol rather than am_send. */
+    PyObject *result;
+    switch (question_send(self, Py_None, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            /* A 1-tuple: a tuple answer must not be taken for StopIteration's args. */
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+static int
+question_settle(QuestionObject *self, PyObject *result, PyObject *error)
+{
+    if (self->done) {
+        PyErr_SetString(PyExc_RuntimeError, "the question has its answer already");
+        return -1;
+    }
+    Py_XINCREF(result);
+    Py_XINCREF(error);
+    self->result = result;
+    self->error = error;
+    self->done = 1;
+    return 0;
+}
+
+static PyObject *
+question_set_result(QuestionObject *self, PyObject *value)
+{
+    if (question_settle(self, value, NULL) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+question_set_exception(QuestionObject *self, PyObject *error)
+{
+    if (!PyExceptionInstance_Check(error)) {
+        PyErr_Format(PyExc_TypeError, "set_exception: an exception instance, not %.100s",
+                     Py_TYPE(error)->tp_name);
+        return NULL;
+    }
+    if (question_settle(self, NULL, error) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+question_cancel(QuestionObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "cancel(msg=None) takes at most 1 argument");
+        return NULL;
+    }
+    if (self->done) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *error = (nargs == 0 || args[0] == Py_None)
+                          ? PyObject_CallNoArgs(CancelledError)
+                          : PyObject_CallOneArg(CancelledError, args[0]);
+    if (error == NULL) {
+        return NULL;
+    }
+    int settled = question_settle(self, NULL, error);
+    Py_DECREF(error);
+    if (settled < 0) {
+        return NULL;
+    }
+    self->cancelled = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+question_done(QuestionObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->done);
+}
+
+static PyObject *
+question_cancelled(QuestionObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->cancelled);
+}
+
+static PyObject *
+question_repr(QuestionObject *self)
+{
+    if (!self->done) {
+        return PyUnicode_FromString("<Question pending>");
+    }
+    if (self->cancelled) {
+        return PyUnicode_FromString("<Question cancelled>");
+    }
+    if (self->error != NULL) {
+        return PyUnicode_FromFormat("<Question error=%R>", self->error);
+    }
+    return PyUnicode_FromFormat("<Question answer=%R>", self->result);
+}
+
+static PyMethodDef question_methods[] = {
+    {"set_result", (PyCFunction)question_set_result, METH_O, "Answer the question."},
+    {"set_exception", (PyCFunction)question_set_exception, METH_O,
+     "Make the await raise `error`."},
+    {"cancel", (PyCFunction)(void (*)(void))question_cancel, METH_FASTCALL,
+     "cancel(msg=None) -> bool: make the await raise CancelledError (False if answered)."},
+    {"done", (PyCFunction)question_done, METH_NOARGS, "Answered, failed or cancelled."},
+    {"cancelled", (PyCFunction)question_cancelled, METH_NOARGS, "Cancelled."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods question_async = {
+    .am_await = (unaryfunc)question_await,
+    .am_send = (sendfunc)question_send,
+};
+
+static PyTypeObject QuestionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runner.api._coro.Question",
+    .tp_doc = "What a call's own coroutine awaits while APISIX answers an ExtraInfo question.",
+    .tp_basicsize = sizeof(QuestionObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = question_tp_new,
+    .tp_vectorcall = question_vectorcall,
+    .tp_dealloc = (destructor)question_dealloc,
+    .tp_traverse = (traverseproc)question_traverse,
+    .tp_clear = (inquiry)question_clear,
+    .tp_as_async = &question_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)question_next,
+    .tp_methods = question_methods,
+    .tp_repr = (reprfunc)question_repr,
+};
+
+/* -- the module */
+
+static PyMethodDef methods[] = {
+    {"step_in", (PyCFunction)(void (*)(void))step_in, METH_FASTCALL,
+     "step_in(context, coro, value, loop, task) -> what the coroutine yielded, or a Returned "
+     "holding what it returned: one step of `coro` run in `context`, as `task` of `loop`."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_coro", "The compiled build's coroutine stepping.", 0, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__coro(void)
+{
+    if (PyType_Ready(&ReturnedType) < 0 || PyType_Ready(&QuestionType) < 0) {
+        return NULL;
+    }
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL) {
+        return NULL;
+    }
+    CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
+    Py_DECREF(asyncio);
+    if (CancelledError == NULL) {
+        return NULL;
+    }
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (tasks == NULL) {
+        return NULL;
+    }
+    current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+    Py_DECREF(tasks);
+    if (current_tasks == NULL) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(current_tasks)) {
+        PyErr_SetString(PyExc_ImportError, "asyncio.tasks._current_tasks is not a dict");
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Returned", (PyObject *)&ReturnedType) < 0 ||
+        PyModule_AddObjectRef(m, "Question", (PyObject *)&QuestionType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
