@@ -56,11 +56,22 @@ _NO_CHANGES: Final[Changes] = {}  # shared, never written to
 _VAR: Final = int(InfoType.VAR)  # an enum member costs an attribute lookup per use
 
 
+def var_text(raw: bytes | None) -> str | None:
+    """A variable's value as APISIX sent it: UTF-8, where not, each bad byte as U+FFFD."""
+    if raw is None:
+        return None
+    try:
+        # Strict first: compiled, it is the UTF-8 decoder's fast path; a
+        # decode with an error handler goes through the codec registry.
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
 async def _cached_var(cache: dict[str, str | None], ask: Ask, name: str) -> str | None:
     if name in cache:
         return cache[name]
-    raw = await ask(_VAR, name)
-    value = None if raw is None else raw.decode("utf-8", "replace")
+    value = var_text(await ask(_VAR, name))
     cache[name] = value
     return value
 
@@ -166,8 +177,7 @@ class Request:
             cache = self._vars = {}
         elif name in cache:
             return cache[name]
-        raw = await self._ask(_VAR, name)
-        value = None if raw is None else raw.decode("utf-8", "replace")
+        value = var_text(await self._ask(_VAR, name))
         cache[name] = value
         return value
 
