@@ -29,7 +29,7 @@ MODULES = (
 
 #: Hand-written C helpers built beside them, each from ``<module path>.c``;
 #: the pure build runs their Python twins (``frame.cut_payload``, ``fb.text_vector``,
-#: ``stepping.send_in_py``).
+#: ``stepping.step_in_py``).
 C_HELPERS = ("runner.proto._cutframe", "runner.proto._textvec", "runner.api._coro")
 
 #: Setting this variable to anything but "" or "0" installs the pure-Python build.
