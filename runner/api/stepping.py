@@ -35,7 +35,7 @@ class Asked(Protocol):
 
 
 class ReturnedPy:
-    """The end of a coroutine, from :func:`send_in_py`: ``value`` is what it returned."""
+    """The end of a coroutine, from :func:`step_in_py`: ``value`` is what it returned."""
 
     __slots__ = ("value",)
 
