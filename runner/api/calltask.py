@@ -75,6 +75,7 @@ class CallTask:
         loop: asyncio.AbstractEventLoop,
         on_done: OnDone,
         guard: StepGuard | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:
         self._coro = coro
         # Marked busy while a step runs plugin code, so the worker's watchdog
@@ -82,7 +83,9 @@ class CallTask:
         self._guard = guard
         self._loop = loop
         self._on_done = on_done
-        self._context = _copy_context()
+        # The call's own context, as a Task's: a copy of the current one
+        # unless the caller has made one (the connection's holds its StepMark).
+        self._context = _copy_context() if context is None else context
         handle = _TaskHandle()
         handle._call = self
         # The current task while a step runs. Until the call ends, the two

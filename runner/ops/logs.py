@@ -14,8 +14,10 @@ Every line says which process wrote it (``supervisor``, ``exporter`` or
     2026-11-20 10:00:00,123 ERROR [worker 1] runner.dispatch: ... {request 42, plugin jwt-auth}
 
 The request context costs one store per plugin call: a module global for
-inline (sync) calls, a context variable for async ones (each call's task
-has its own copy, so concurrent calls never see each other's ids).
+inline (sync) calls; for async ones, a field of the connection's mark, which
+each of its calls' contexts holds (each call has its own copy of the
+context, so concurrent calls never see each other's ids). A task a plugin
+starts gets the mark's value as it is then (:func:`task_factory`).
 
 A failure that recurs on every request (a plugin that raises, a config APISIX
 retries, malformed frames) goes through a :class:`LogLimiter`: the first one
@@ -27,14 +29,15 @@ worker calls it from its housekeeping.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
 import sys
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Final, Protocol, TypeVar
 
 from runner.settings import LoggingSettings
 
@@ -60,13 +63,56 @@ def _no_inline_call() -> tuple[int, str] | None:
     return None
 
 
+_T = TypeVar("_T")
+
+
+class CallMark(Protocol):
+    """A connection's record of the request and plugin its call runs now
+    (runner.api.dispatch.StepMark)."""
+
+    @property
+    def now(self) -> tuple[int, str] | None: ...
+
+
+Where = tuple[int, str] | CallMark | None
+
 # (request id, plugin name) of the inline call running now, if any: the
 # dispatcher installs its reader here, so that running a plugin sets two
 # fields of its own instead of a module attribute and a tuple.
 inline_context: Callable[[], tuple[int, str] | None] = _no_inline_call
-task_context: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
+# An async call's (request id, plugin name): the connection's mark in its
+# calls' contexts, the mark's value then in a task a plugin started, or the
+# pair itself where a step set it (calls run without a connection: tests).
+task_context: contextvars.ContextVar[Where] = contextvars.ContextVar(
     "apisix_runner_call", default=None
 )
+
+
+def where(value: Where) -> tuple[int, str] | None:
+    """The (request id, plugin name) that ``task_context``'s value stands for."""
+    if value is None or isinstance(value, tuple):
+        return value
+    return value.now
+
+
+def task_factory(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+    /,
+    **kwargs: Any,
+) -> asyncio.Task[_T]:
+    """A worker loop's tasks: asyncio's own, with the log context of a task a
+    plugin starts fixed as it is when the task is created. Its context would
+    otherwise hold the connection's mark, which moves on to the connection's
+    next call: a task left running after its call would log under the next
+    request's id."""
+    if kwargs.get("context") is None:
+        current = task_context.get()
+        if current is not None and not isinstance(current, tuple):
+            context = contextvars.copy_context()
+            context.run(task_context.set, current.now)
+            kwargs["context"] = context
+    return asyncio.Task(coro, loop=loop, **kwargs)
 
 
 def set_role(role: str) -> None:
@@ -81,7 +127,7 @@ def set_role(role: str) -> None:
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = f"{_role} pid {record.process}"
-        ctx = task_context.get() or inline_context()
+        ctx = where(task_context.get()) or inline_context()
         record.context = f" {{request {ctx[0]}, plugin {ctx[1]}}}" if ctx else ""
         return True
 

@@ -18,6 +18,7 @@ States (one table, as h11 does)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,7 @@ from runner.api.http import Ask
 from runner.api.plugin import ConfError
 from runner.api.stepping import Asked
 from runner.conf.confstore import ConfStore
+from runner.ops import logs
 from runner.ops.logs import LogLimiter
 from runner.ops.metrics import BUCKETS, RPC_NAMES
 from runner.proto import (
@@ -63,6 +65,7 @@ _OUTCOMES: Final = dispatch.OUTCOMES
 # loop's time() a method lookup. Call deadlines are on the monotonic clock
 # (uvloop's time() is that clock, cached per loop round).
 _get_running_loop: Final = asyncio.get_running_loop
+_TASK_CONTEXT: Final = logs.task_context
 _monotonic: Final = monotonic
 
 
@@ -114,9 +117,9 @@ class ServerState(StepGuard):
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_deadline", "_decoder",
-        "_expired", "_finish_fn", "_handlers", "_late", "_metrics", "_questions", "_state",
-        "_store", "_transport", "reads",
+        "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_deadline",
+        "_decoder", "_expired", "_finish_fn", "_handlers", "_late", "_mark", "_metrics",
+        "_questions", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
@@ -147,6 +150,11 @@ class Connection(asyncio.BufferedProtocol):
             RpcType.PREPARE_CONF: self._prepare_conf,
             RpcType.HTTP_RESP_CALL: self._resp_call,
         }
+        # The request and plugin its call runs now, for log lines: each call
+        # runs in a copy of this context, which holds the mark (dispatch.StepMark).
+        self._mark = dispatch.StepMark()
+        self._context = contextvars.copy_context()
+        self._context.run(_TASK_CONTEXT.set, self._mark)
         # The bound methods every call hands on, made once, not once per call.
         self._ask_fn: Ask = self._ask
         self._finish_fn: Callable[[bytes | bytearray | None, BaseException | None], None] = (
@@ -275,7 +283,8 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(REQ_CALL, self._not_found(), t0)
         elif chain.req_async:
-            self._start(dispatch.run_req_async(chain, view, self._ask_fn), view.id, REQ_CALL, t0)
+            work = dispatch.run_req_async(chain, view, self._ask_fn, self._mark)
+            self._start(work, view.id, REQ_CALL, t0)
         else:
             state = self._state
             state.inline_calls += 1  # the watchdog tells a stuck call by these two
@@ -303,7 +312,8 @@ class Connection(asyncio.BufferedProtocol):
         if chain is None:
             self._reply(RESP_CALL, self._not_found(), t0)
         else:
-            self._start(dispatch.run_resp(chain, view, self._ask_fn), view.id, RESP_CALL, t0)
+            work = dispatch.run_resp(chain, view, self._ask_fn, self._mark)
+            self._start(work, view.id, RESP_CALL, t0)
 
     # -- async calls and ExtraInfo
 
@@ -318,7 +328,7 @@ class Connection(asyncio.BufferedProtocol):
         self._call_t0 = t0
         self._expired = None
         loop = _get_running_loop()
-        call = self._call = CallTask(work, loop, self._finish_fn, state)
+        call = self._call = CallTask(work, loop, self._finish_fn, state, self._context.copy())
         self._deadline = _monotonic() + state.call_timeout
         if not state.sweeping:
             state.arm_sweep(loop)
@@ -363,6 +373,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _end_call(self) -> None:
         self._call = None
+        self._mark.now = None
         if self._questions:
             self._late += len(self._questions)
             self._questions.clear()

@@ -110,6 +110,8 @@ class Worker:
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
+        # A task a plugin starts logs under its own call's request id (logs.task_factory).
+        loop.set_task_factory(logs.task_factory)
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

@@ -244,6 +244,41 @@ def test_log_lines_name_worker_request_and_plugin(runner_factory: RunnerFactory)
     assert "[worker 0 pid " in failure and "request 4242: plugin 'failing-plugin'" in failure
 
 
+def test_async_log_lines_name_their_own_request(runner_factory: RunnerFactory) -> None:
+    """An async plugin's lines name its request and plugin in each of its steps
+    (before and after an ExtraInfo answer), and so do the lines of a task it
+    leaves running, even once the connection runs its next call."""
+    running = runner_factory(config={"plugin_dirs": [PLUGINS_DIR, OPS_DIR]})
+
+    async def calls() -> None:
+        async with await Client.connect(running.socket_path) as c:
+            first = await c.prepare_conf([("log-async", '{"child_delay": 0.3}')])
+            second = await c.prepare_conf([("log-async", '{"hold": 0.8}')])
+            await c.call(first, HTTPRequest(id=501, vars={"remote_addr": "10.0.0.1"}))
+            # The first call's task logs while this one runs on the same connection.
+            await c.call(second, HTTPRequest(id=502, vars={"remote_addr": "10.0.0.2"}))
+
+    arun(calls())
+    deadline = time.monotonic() + 5
+    while "child done (var 10.0.0.2)" not in running.log_text():
+        assert time.monotonic() < deadline, running.log_text()[-2000:]
+        time.sleep(0.05)
+    lines = running.log_text().splitlines()
+
+    def line(text: str) -> list[str]:
+        return [ln for ln in lines if text in ln]
+
+    first, second = "{request 501, plugin log-async}", "{request 502, plugin log-async}"
+    assert [ln.endswith(first) for ln in line("log-async before the var")] == [True, False]
+    assert [ln.endswith(second) for ln in line("log-async before the var")] == [False, True]
+    assert [ln.endswith(first) for ln in line("log-async after the var")] == [True, False]
+    assert [ln.endswith(second) for ln in line("log-async after the var")] == [False, True]
+    (child_of_first,) = line("child done (var 10.0.0.1)")
+    assert child_of_first.endswith(first), child_of_first
+    (child_of_second,) = line("child done (var 10.0.0.2)")
+    assert child_of_second.endswith(second), child_of_second
+
+
 def _chain_call(sock: str, conf: list[tuple[str, str]], req_id: int = 1) -> object:
     async def call() -> object:
         token = await _prepare(sock, conf)
