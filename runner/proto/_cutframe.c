@@ -1,5 +1,5 @@
 /* The compiled build's frame cutter: one call from the receive buffer to the
- * payload's bytes.
+ * payload's bytes. And its reader of ExtraInfo answers (root_bytes0, below).
  *
  * runner/proto/frame.py has the same function in Python (`cut_payload`), which
  * the pure build runs. Compiled with mypyc, that one costs a memoryview slice,
@@ -10,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 #define HEADER_SIZE 4
 
@@ -56,10 +57,70 @@ cut_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize((const char *)head + HEADER_SIZE, length);
 }
 
+static inline Py_ssize_t
+u32_at(const unsigned char *p)
+{
+    return (Py_ssize_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                        (uint32_t)p[3] << 24);
+}
+
+/* root_bytes0(data: bytes) -> bytes | None | False
+ *
+ * Field 0 of the root table as a [ubyte] vector (an ExtraInfo answer): its
+ * bytes, or None when the field is absent, exactly as fb.root_bytes0 reads it;
+ * False when any offset or size is out of bounds, for the caller to raise the
+ * twin's DecodeError with its own message (fb._bytes0 reads it again). */
+static PyObject *
+root_bytes0(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_Format(PyExc_TypeError, "root_bytes0() takes bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (size < 8) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t pos = u32_at(b);
+    if (pos + 4 > size) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t vt = pos - (Py_ssize_t)(int32_t)(uint32_t)u32_at(b + pos);
+    if (vt < 0 || vt + 4 > size) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t vtlen = (Py_ssize_t)b[vt] | (Py_ssize_t)b[vt + 1] << 8;
+    if (vtlen < 4 || (vtlen & 1) || vt + vtlen > size) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t off = vtlen >= 6 ? ((Py_ssize_t)b[vt + 4] | (Py_ssize_t)b[vt + 5] << 8) : 0;
+    if (off == 0) {
+        Py_RETURN_NONE;
+    }
+    pos += off;
+    if (pos + 4 > size) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t vec = pos + u32_at(b + pos);
+    if (vec + 4 > size) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t end = vec + 4 + u32_at(b + vec);
+    if (end > size) {
+        Py_RETURN_FALSE;
+    }
+    return PyBytes_FromStringAndSize((const char *)b + vec + 4, end - vec - 4);
+}
+
 static PyMethodDef methods[] = {
     {"cut_payload", (PyCFunction)(void (*)(void))cut_payload, METH_FASTCALL,
      "cut_payload(buf, start, end) -> bytes | None: the frame's payload at buf[start], "
      "once it has all arrived."},
+    {"root_bytes0", (PyCFunction)root_bytes0, METH_O,
+     "root_bytes0(data) -> bytes | None | False: field 0 of the root table as bytes, None "
+     "when absent, False when the buffer is malformed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final, cast
 
 import librt.strings
 from librt.strings import BytesWriter, read_i16_le, read_i32_le, write_i16_le, write_i32_le
@@ -306,6 +306,11 @@ def root_bytes0(buf: bytes | memoryview) -> bytes | None:
     ``Table.root(buf).byte_vector(0)`` written out with no Table object and no
     copy of the payload, with the same checks."""
     if isinstance(buf, bytes):
+        if _BYTES0_C is not None:
+            # The C reader; False: malformed, and the twin raises with its message.
+            found = _BYTES0_C(buf)
+            if found is not False:
+                return cast("bytes | None", found)
         return _bytes0(buf)
     if len(buf) <= _COPY_ANSWER_MAX:
         return _bytes0(buf.tobytes())
@@ -328,6 +333,11 @@ def root_bytes0(buf: bytes | memoryview) -> bytes | None:
     if end > size:
         raise DecodeError(f"vector 0 of {end - vec - 4} elements overruns the buffer")
     return buf[vec + 4 : end].tobytes()
+
+
+_BYTES0_C: Final[Callable[[bytes], Any] | None] = c_function(
+    "runner.proto._cutframe", "root_bytes0"
+)
 
 
 def _bytes0(data: bytes) -> bytes | None:
