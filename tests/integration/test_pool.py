@@ -226,12 +226,19 @@ def test_workers_change_on_sighup_without_losing_a_call(
                 proc.send_signal(signal.SIGHUP)
                 workers = await asyncio.to_thread(pool_of, n, generation)
                 share = -(-12 // n)
-                balanced = await until(
-                    lambda w=workers, s=share: max(per_worker(sock, w)) <= s,
-                    5,
-                )
-                assert balanced is not None, (n, per_worker(sock, workers))
-                spreads.append(per_worker(sock, workers))
+                # Balanced, and all 12 held by a worker: a connection being
+                # handed over is, for a moment, in no worker's descriptors.
+                seen: list[list[int]] = []
+
+                def settled(
+                    w: set[int] = workers, s: int = share, seen: list[list[int]] = seen
+                ) -> bool:
+                    seen.append(per_worker(sock, w))
+                    return max(seen[-1]) <= s and sum(seen[-1]) == 12
+
+                balanced = await until(settled, 5)
+                assert balanced is not None, (n, seen[-3:])
+                spreads.append(seen[-1])
         finally:
             await pool.stop()
         return pool, spreads
