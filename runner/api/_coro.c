@@ -1,6 +1,6 @@
 /* The compiled build's side of stepping a call's coroutine (runner/api/calltask.py).
  *
- * runner/api/stepping.py has the same three things in Python, which the pure
+ * runner/api/stepping.py has the same things in Python, which the pure
  * build runs; tests/api/test_stepping.py runs both side by side.
  *
  * step_in(context, coro, value, loop, task): one step of the coroutine, in
@@ -421,9 +421,54 @@ static PyTypeObject QuestionType = {
     .tp_repr = (reprfunc)question_repr,
 };
 
+static PyObject *str_done, *str_set_result; /* method names, interned */
+
+/* answer(question, value) -> bool: answer a Question (in place) or a Future
+ * (its done() and set_result()), unless it has its answer already. */
+static PyObject *
+answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "answer(question, value) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *question = args[0];
+    if (Py_IS_TYPE(question, &QuestionType)) {
+        QuestionObject *q = (QuestionObject *)question;
+        if (q->done) {
+            Py_RETURN_FALSE;
+        }
+        if (question_settle(q, args[1], NULL) < 0) {
+            return NULL;
+        }
+        Py_RETURN_TRUE;
+    }
+    PyObject *done = PyObject_CallMethodNoArgs(question, str_done);
+    if (done == NULL) {
+        return NULL;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done < 0) {
+        return NULL;
+    }
+    if (is_done) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *set = PyObject_CallMethodOneArg(question, str_set_result, args[1]);
+    if (set == NULL) {
+        return NULL;
+    }
+    Py_DECREF(set);
+    Py_RETURN_TRUE;
+}
+
 /* -- the module */
 
 static PyMethodDef methods[] = {
+    {"answer", (PyCFunction)(void (*)(void))answer, METH_FASTCALL,
+     "answer(question, value) -> bool: answer a Question or a Future unless it has its "
+     "answer already; whether it was answered now."},
     {"step_in", (PyCFunction)(void (*)(void))step_in, METH_FASTCALL,
      "step_in(context, coro, value, loop, task) -> what the coroutine yielded, or a Returned "
      "holding what it returned: one step of `coro` run in `context`, as `task` of `loop`."},
@@ -447,6 +492,11 @@ PyInit__coro(void)
     CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
     Py_DECREF(asyncio);
     if (CancelledError == NULL) {
+        return NULL;
+    }
+    str_done = PyUnicode_InternFromString("done");
+    str_set_result = PyUnicode_InternFromString("set_result");
+    if (str_done == NULL || str_set_result == NULL) {
         return NULL;
     }
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");

@@ -120,11 +120,21 @@ class QuestionPy:
         return f"<Question answer={self._result!r}>"
 
 
+def answer_py(question: Asked, value: Any) -> bool:
+    """Answer ``question`` (a Question or a Future) with ``value``, unless it
+    has its answer already (cancelled): whether it was answered now."""
+    if question.done():
+        return False
+    question.set_result(value)
+    return True
+
+
 StepIn = Callable[
     [contextvars.Context, Coroutine[Any, Any, Any], Any, asyncio.AbstractEventLoop, Any], Any
 ]
 
 step_in: Final[StepIn] = c_function(CORO_MODULE, "step_in") or step_in_py
+answer: Final[Callable[[Asked, Any], bool]] = c_function(CORO_MODULE, "answer") or answer_py
 #: The type step_in returns a coroutine's end in.
 Returned: Final[type[ReturnedPy]] = c_function(CORO_MODULE, "Returned") or ReturnedPy
 #: The type of the questions a call's own coroutine awaits.

@@ -26,10 +26,10 @@ from time import monotonic, perf_counter
 from typing import Any, Final, cast
 
 from runner.api import dispatch
-from runner.api.calltask import CallTask, StepGuard
+from runner.api.calltask import CallOwner, CallTask, StepGuard
 from runner.api.http import Ask
 from runner.api.plugin import ConfError
-from runner.api.stepping import Asked
+from runner.api.stepping import Asked, answer
 from runner.conf.confstore import ConfStore
 from runner.ops import logs
 from runner.ops.logs import LogLimiter
@@ -66,6 +66,7 @@ _OUTCOMES: Final = dispatch.OUTCOMES
 # (uvloop's time() is that clock, cached per loop round).
 _get_running_loop: Final = asyncio.get_running_loop
 _TASK_CONTEXT: Final = logs.task_context
+_answer_question: Final = answer
 _monotonic: Final = monotonic
 
 
@@ -118,7 +119,7 @@ class ServerState(StepGuard):
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_deadline",
-        "_decoder", "_expired", "_finish_fn", "_handlers", "_late", "_mark", "_metrics",
+        "_decoder", "_ends", "_expired", "_handlers", "_late", "_mark", "_metrics",
         "_questions", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
@@ -157,9 +158,8 @@ class Connection(asyncio.BufferedProtocol):
         self._context.run(_TASK_CONTEXT.set, self._mark)
         # The bound methods every call hands on, made once, not once per call.
         self._ask_fn: Ask = self._ask
-        self._finish_fn: Callable[[bytes | bytearray | None, BaseException | None], None] = (
-            self._finish
-        )
+        # Where its calls end (CallTask's owner): _finish.
+        self._ends: CallOwner = _CallEnds(self)
 
     # -- asyncio.BufferedProtocol
 
@@ -200,12 +200,12 @@ class Connection(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # The handler table and the two bound methods hold self: reference
-        # cycles that would keep this connection's buffers (up to 16 MiB)
-        # alive until the cyclic GC runs. Break them now.
+        # The handler table, the bound method and the call owner hold self:
+        # reference cycles that would keep this connection's buffers (up to
+        # 16 MiB) alive until the cyclic GC runs. Break them now.
         self._handlers = {}
         self._ask_fn = _closed_ask
-        self._finish_fn = _closed_finish
+        self._ends = _NO_CALLS
         self._state.connections.discard(self)
         if self._metrics is not None:
             self._metrics.connections -= 1
@@ -328,7 +328,7 @@ class Connection(asyncio.BufferedProtocol):
         self._call_t0 = t0
         self._expired = None
         loop = _get_running_loop()
-        call = self._call = CallTask(work, loop, self._finish_fn, state, self._context.copy())
+        call = self._call = CallTask(work, loop, self._ends, state, self._context.copy())
         self._deadline = _monotonic() + state.call_timeout
         if not state.sweeping:
             state.arm_sweep(loop)
@@ -401,13 +401,14 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         question = self._questions.pop(0)
-        if question.done():
-            return  # cancelled (the call's deadline); the answer is late
+        # Not settled: cancelled (the call's deadline), and the answer is late.
         try:
-            question.set_result(extra_info_result(payload))
+            settled = _answer_question(question, extra_info_result(payload))
         except DecodeError as exc:
-            question.set_exception(exc)
-        if self._call is not None:
+            settled = not question.done()
+            if settled:
+                question.set_exception(exc)
+        if settled and self._call is not None:
             self._call.answered(question)  # resumes the plugin now, not a loop round later
 
     @property
@@ -446,8 +447,19 @@ def _closed_ask(info_type: int, name: str | None) -> Asked:
     raise ConnectionError("APISIX closed the connection")
 
 
-def _closed_finish(frame: bytes | bytearray | None, exc: BaseException | None) -> None:
-    """A call that ends after its connection closed: nobody to answer."""
+class _CallEnds(CallOwner):
+    """Where a connection's calls end: its ``_finish``. A call in flight when
+    the connection closes still ends there (the worker counts it done)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def call_ended(self, result: Any, error: BaseException | None) -> None:
+        self.conn._finish(result, error)
+
+
+# What a closed connection hands on instead (no call starts there any more).
+_NO_CALLS: Final = CallOwner()
 
 
 def make_factory(state: ServerState) -> Callable[[], Any]:

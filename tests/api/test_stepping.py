@@ -275,3 +275,35 @@ def test_question_in_a_cycle_is_collected(impl: tuple[Any, Any, Any]) -> None:
     del q, error
     gc.collect()
     assert holder() is None
+
+
+_C_ANSWER = c_function(stepping.CORO_MODULE, "answer")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(stepping.answer_py, id="python"),
+        pytest.param(_C_ANSWER, id="c", marks=pytest.mark.skipif(_C_ANSWER is None, reason=_NO_C)),
+    ],
+)
+def test_answer_settles_a_question_or_a_future_once(answer: Any) -> None:
+    for question_type in (stepping.QuestionPy, stepping.Question):
+        q = question_type()
+        assert answer(q, ("a", "tuple")) is True
+        assert _drive(q) == ([], ("value", ("a", "tuple")))  # not taken for arguments
+        assert answer(q, b"again") is False
+        cancelled = question_type()
+        cancelled.cancel()
+        assert answer(cancelled, b"late") is False and cancelled.cancelled()
+    loop = asyncio.new_event_loop()
+    try:
+        fut: asyncio.Future[Any] = loop.create_future()
+        assert answer(fut, ("a", "tuple")) is True
+        assert fut.result() == ("a", "tuple")
+        assert answer(fut, b"again") is False
+        late: asyncio.Future[Any] = loop.create_future()
+        late.cancel()
+        assert answer(late, b"late") is False
+    finally:
+        loop.close()
