@@ -6,7 +6,8 @@
  * step_in(context, coro, value, loop, task): one step of the coroutine, in
  *     its context, with `task` as the loop's current task (what
  *     asyncio.current_task() returns). Returns what the coroutine yielded, or
- *     a Returned holding what it returned. Python's own `context.run(coro.send, value)` reports the end
+ *     a Returned holding what it returned (BUSY, and nothing stepped, where
+ *     the loop runs another task). Python's own `context.run(coro.send, value)` reports the end
  *     of the coroutine as a StopIteration; caught in the compiled CallTask,
  *     that exception cost ~4,000 instructions per call (a traceback entry,
  *     the catch, the re-raise through a `finally`). PyIter_Send reports it as
@@ -92,16 +93,16 @@ static PyTypeObject ReturnedType = {
 
 static PyObject *current_tasks; /* asyncio's loop -> its running task */
 
-/* asyncio's _enter_task and _leave_task, on the same dict, with their errors. */
+static PyObject *BUSY; /* what step_in returns when the loop runs another task */
+
+/* asyncio's _enter_task and _leave_task, on the same dict; entering returns 1
+ * (and changes nothing) where the loop runs another task. */
 static int
 enter_task(PyObject *loop, PyObject *task)
 {
     PyObject *running = PyDict_GetItemWithError(current_tasks, loop);
     if (running != NULL) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "Cannot enter into task %R while another task %R is being executed.", task,
-                     running);
-        return -1;
+        return 1;
     }
     if (PyErr_Occurred()) {
         return -1;
@@ -138,8 +139,11 @@ step_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      Py_TYPE(context)->tp_name);
         return NULL;
     }
-    if (enter_task(loop, task) < 0) {
-        return NULL;
+    int entered = enter_task(loop, task);
+    if (entered != 0) {
+        /* Driven from inside another task (asyncio allows one at a time):
+         * nothing stepped, and the caller steps it a loop round later. */
+        return entered < 0 ? NULL : Py_NewRef(BUSY);
     }
     if (PyContext_Enter(context) < 0) {
         leave_task(loop, task);
@@ -463,9 +467,106 @@ answer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* -- HandleBase: what asyncio.current_task() returns is a TaskHandle
+ * (runner/api/taskhandle.py), a Python subclass of this. The base holds the
+ * call and the weak references (cleared when it is freed, which a compiled
+ * class's are not), and new_handle() makes one without type_call's argument
+ * handling and __init__ lookup: ~500 instructions a call, down to ~150. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *call;
+    PyObject *weakreflist;
+} HandleObject;
+
+static PyTypeObject HandleBaseType;
+
+static int
+handle_traverse(HandleObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->call);
+    return 0;
+}
+
+static int
+handle_clear(HandleObject *self)
+{
+    Py_CLEAR(self->call);
+    return 0;
+}
+
+static void
+handle_dealloc(HandleObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    handle_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef handle_members[] = {
+    {"_call", T_OBJECT, offsetof(HandleObject, call), 0, "the CallTask this handle stands for"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HandleBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runner.api._coro.HandleBase",
+    .tp_doc = "The base of runner.api.taskhandle.TaskHandle: the call, and weak references.",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_traverse = (traverseproc)handle_traverse,
+    .tp_clear = (inquiry)handle_clear,
+    .tp_weaklistoffset = offsetof(HandleObject, weakreflist),
+    .tp_members = handle_members,
+};
+
+/* new_handle(cls, call): a `cls` (a subclass of HandleBase) standing for `call`. */
+static PyObject *
+new_handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "new_handle(cls, call) takes 2 arguments");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype(cls, &HandleBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "new_handle: cls must be a subclass of HandleBase");
+        return NULL;
+    }
+    HandleObject *self = (HandleObject *)cls->tp_alloc(cls, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(args[1]);
+    self->call = args[1];
+    return (PyObject *)self;
+}
+
+/* copy_context(context): a copy of `context` (Context.copy(), without the
+ * method lookup). */
+static PyObject *
+copy_context(PyObject *module, PyObject *context)
+{
+    if (!PyContext_CheckExact(context)) {
+        PyErr_Format(PyExc_TypeError, "copy_context: a contextvars.Context, not %.100s",
+                     Py_TYPE(context)->tp_name);
+        return NULL;
+    }
+    return PyContext_Copy(context);
+}
+
 /* -- the module */
 
 static PyMethodDef methods[] = {
+    {"copy_context", (PyCFunction)copy_context, METH_O,
+     "copy_context(context) -> a copy of `context`."},
+    {"new_handle", (PyCFunction)(void (*)(void))new_handle, METH_FASTCALL,
+     "new_handle(cls, call) -> a `cls` (a subclass of HandleBase) standing for `call`."},
     {"answer", (PyCFunction)(void (*)(void))answer, METH_FASTCALL,
      "answer(question, value) -> bool: answer a Question or a Future unless it has its "
      "answer already; whether it was answered now."},
@@ -482,7 +583,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__coro(void)
 {
-    if (PyType_Ready(&ReturnedType) < 0 || PyType_Ready(&QuestionType) < 0) {
+    if (PyType_Ready(&ReturnedType) < 0 || PyType_Ready(&QuestionType) < 0 ||
+        PyType_Ready(&HandleBaseType) < 0) {
         return NULL;
     }
     PyObject *asyncio = PyImport_ImportModule("asyncio");
@@ -492,6 +594,10 @@ PyInit__coro(void)
     CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
     Py_DECREF(asyncio);
     if (CancelledError == NULL) {
+        return NULL;
+    }
+    BUSY = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (BUSY == NULL) {
         return NULL;
     }
     str_done = PyUnicode_InternFromString("done");
@@ -517,7 +623,9 @@ PyInit__coro(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "Returned", (PyObject *)&ReturnedType) < 0 ||
-        PyModule_AddObjectRef(m, "Question", (PyObject *)&QuestionType) < 0) {
+        PyModule_AddObjectRef(m, "Question", (PyObject *)&QuestionType) < 0 ||
+        PyModule_AddObjectRef(m, "HandleBase", (PyObject *)&HandleBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "BUSY", BUSY) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -31,8 +31,8 @@ from asyncio import tasks
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from runner.api.stepping import Asked, Question, Returned, step_in
-from runner.api.taskhandle import DoneCallbacks, TaskHandle
+from runner.api.stepping import BUSY, Asked, Question, Returned, step_in
+from runner.api.taskhandle import DoneCallbacks, TaskHandle, new_handle
 
 # asyncio's own bookkeeping of the current task (C functions); typed for any
 # task-like object, which is what they accept. Final: compiled, a module-level
@@ -42,8 +42,10 @@ _leave_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = tasks._le
 # loop -> its running task (asyncio.current_task() in 3.11 is Python around this).
 _current_tasks: Final[dict[asyncio.AbstractEventLoop, Any]] = getattr(tasks, "_current_tasks")  # noqa: B009
 _step_in: Final = step_in
+_BUSY: Final = BUSY
 _copy_context: Final = contextvars.copy_context
 _TaskHandle: Final = TaskHandle
+_new_handle: Final = new_handle
 _Returned: Final = Returned
 _Question: Final = Question
 
@@ -106,8 +108,7 @@ class CallTask:
         # The call's own context, as a Task's: a copy of the current one
         # unless the caller has made one (the connection's holds its StepMark).
         self._context = _copy_context() if context is None else context
-        handle = _TaskHandle()
-        handle._call = self
+        handle = _new_handle(_TaskHandle, self)
         # The current task while a step runs. Until the call ends, the two
         # refer to each other; the call lets go then, so no cycle outlives it.
         self._handle: TaskHandle | None = handle
@@ -230,10 +231,9 @@ class CallTask:
     # -- stepping
 
     def _resume(self) -> None:
-        if self._loop not in _current_tasks:
-            self._step(None)
-        else:  # driven from inside a task (tests do): asyncio allows one at a time
-            self._resume_soon()
+        # Driven from inside a task (tests do), step_in steps nothing: asyncio
+        # allows one task at a time; _step steps it a loop round later.
+        self._step(None)
 
     def _resume_soon(self) -> None:
         """Step a loop round later; until then nothing else may step it."""
@@ -279,6 +279,8 @@ class CallTask:
         else:
             if type(result) is _Returned:
                 self._finish(result.value, None)
+            elif result is _BUSY:  # the loop runs another task: nothing was stepped
+                self._resume_soon()
             else:
                 self._wait_on(result)
 

@@ -15,7 +15,11 @@ from typing import Any, Final, Protocol
 
 from runner.proto.chelpers import c_function
 
+#: What step_in_py returns when the loop runs another task.
+BUSY_PY: Final = object()
+
 # asyncio's own bookkeeping of the current task (what asyncio.current_task() reads).
+_current_tasks: Final[dict[Any, Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
 _enter_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = asyncio.tasks._enter_task
 _leave_task: Final[Callable[[asyncio.AbstractEventLoop, Any], None]] = asyncio.tasks._leave_task
 
@@ -51,7 +55,10 @@ def step_in_py(
     task: Any,
 ) -> Any:
     """One step of ``coro`` run in ``context`` with ``task`` as ``loop``'s
-    current task: what the coroutine yielded, or a Returned."""
+    current task: what the coroutine yielded, or a Returned; BUSY (and
+    nothing stepped) where the loop runs another task."""
+    if loop in _current_tasks:
+        return BUSY_PY
     _enter_task(loop, task)
     try:
         return context.run(coro.send, value)
@@ -135,6 +142,11 @@ StepIn = Callable[
 
 step_in: Final[StepIn] = c_function(CORO_MODULE, "step_in") or step_in_py
 answer: Final[Callable[[Asked, Any], bool]] = c_function(CORO_MODULE, "answer") or answer_py
+copy_context: Final[Callable[[contextvars.Context], contextvars.Context]] = (
+    c_function(CORO_MODULE, "copy_context") or contextvars.Context.copy
+)
+#: What step_in returns, having stepped nothing, when the loop runs another task.
+BUSY: Final[object] = c_function(CORO_MODULE, "BUSY") or BUSY_PY
 #: The type step_in returns a coroutine's end in.
 Returned: Final[type[ReturnedPy]] = c_function(CORO_MODULE, "Returned") or ReturnedPy
 #: The type of the questions a call's own coroutine awaits.

@@ -7,7 +7,9 @@ WeakKeyDictionary keyed by it, and a compiled object's weak references are
 not cleared when it is freed. So the task asyncio sees is this small
 interpreted object, one per call, and every part of asyncio.Task's API that
 asyncio and libraries use on the current task is passed on to the CallTask.
-This module is never compiled.
+This module is never compiled; in the compiled build its base, which holds
+the call and the weak references, is the C helper's ``HandleBase``
+(runner/api/_coro.c), which clears them as it should.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+from runner.api.stepping import CORO_MODULE
+from runner.proto.chelpers import c_function
 
 DoneCallbacks = list[tuple[Callable[[Any], object], contextvars.Context]]
 
@@ -43,11 +48,35 @@ class TaskCore(Protocol):
     def callbacks(self) -> DoneCallbacks: ...
 
 
-class TaskHandle:
-    """A call's task as asyncio and libraries see it (see the module docstring)."""
+class HandleBasePy:
+    """What a handle holds: its call, and the weak references to it. The
+    compiled build's is ``HandleBase`` in runner/api/_coro.c (with
+    :func:`new_handle`, it costs a call ~350 instructions less)."""
 
     __slots__ = ("__weakref__", "_call")
-    _call: TaskCore  # set by the CallTask that makes it, before any use
+    _call: TaskCore  # set by new_handle, before any use
+
+
+_H = TypeVar("_H", bound=HandleBasePy)
+
+
+def new_handle_py(cls: type[_H], call: TaskCore) -> _H:
+    """A ``cls`` standing for ``call``."""
+    handle = cls.__new__(cls)
+    handle._call = call
+    return handle
+
+
+if TYPE_CHECKING:
+    _Base = HandleBasePy
+else:
+    _Base = c_function(CORO_MODULE, "HandleBase") or HandleBasePy
+
+
+class TaskHandle(_Base):
+    """A call's task as asyncio and libraries see it (see the module docstring)."""
+
+    __slots__ = ()
 
     def cancel(self, msg: Any = None) -> bool:
         return self._call.cancel(msg)
@@ -107,3 +136,8 @@ class TaskHandle:
 
     def __repr__(self) -> str:
         return f"<CallTask {'done' if self.done() else 'pending'} coro={self.get_coro()!r}>"
+
+
+NewHandle = Callable[[type["TaskHandle"], TaskCore], "TaskHandle"]
+#: Makes a call's handle: ``new_handle(TaskHandle, call)``.
+new_handle: Final[NewHandle] = c_function(CORO_MODULE, "new_handle") or new_handle_py

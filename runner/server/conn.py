@@ -29,7 +29,7 @@ from runner.api import dispatch
 from runner.api.calltask import CallOwner, CallTask, StepGuard
 from runner.api.http import Ask
 from runner.api.plugin import ConfError
-from runner.api.stepping import Asked, answer
+from runner.api.stepping import Asked, answer, copy_context
 from runner.conf.confstore import ConfStore
 from runner.ops import logs
 from runner.ops.logs import LogLimiter
@@ -67,6 +67,7 @@ _OUTCOMES: Final = dispatch.OUTCOMES
 _get_running_loop: Final = asyncio.get_running_loop
 _TASK_CONTEXT: Final = logs.task_context
 _answer_question: Final = answer
+_copy_context: Final = copy_context
 _monotonic: Final = monotonic
 
 
@@ -328,7 +329,8 @@ class Connection(asyncio.BufferedProtocol):
         self._call_t0 = t0
         self._expired = None
         loop = _get_running_loop()
-        call = self._call = CallTask(work, loop, self._ends, state, self._context.copy())
+        context = _copy_context(self._context)
+        call = self._call = CallTask(work, loop, self._ends, state, context)
         self._deadline = _monotonic() + state.call_timeout
         if not state.sweeping:
             state.arm_sweep(loop)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from runner import hotpath
-from runner.api import stepping
+from runner.api import stepping, taskhandle
 from runner.proto.chelpers import c_function
 
 _C_STEP_IN = c_function(stepping.CORO_MODULE, "step_in")
@@ -136,9 +136,12 @@ def test_step_in_refuses_a_context_already_entered(impl: tuple[Any, Any, Any]) -
     assert _current() is None
 
 
-def test_step_in_refuses_a_loop_running_another_task(impl: tuple[Any, Any, Any]) -> None:
-    """As asyncio's own tasks: one task at a time per loop, and nothing stepped."""
+def test_step_in_steps_nothing_where_the_loop_runs_another_task(
+    impl: tuple[Any, Any, Any],
+) -> None:
+    """As asyncio's own tasks: one task at a time per loop. BUSY, and nothing stepped."""
     step_in, _, _ = impl
+    busy = stepping.BUSY_PY if step_in is stepping.step_in_py else stepping.BUSY
     steps: list[str] = []
 
     async def coro() -> None:
@@ -148,8 +151,7 @@ def test_step_in_refuses_a_loop_running_another_task(impl: tuple[Any, Any, Any])
     asyncio.tasks._enter_task(LOOP, other)  # type: ignore[attr-defined]
     try:
         c = coro()
-        with pytest.raises(RuntimeError, match="another task"):
-            step_in(contextvars.copy_context(), c, None, LOOP, TASK)
+        assert step_in(contextvars.copy_context(), c, None, LOOP, TASK) is busy
         c.close()
         assert _current() is other  # still the other one's
     finally:
@@ -307,3 +309,28 @@ def test_answer_settles_a_question_or_a_future_once(answer: Any) -> None:
         assert answer(late, b"late") is False
     finally:
         loop.close()
+
+
+_C_NEW_HANDLE = c_function(stepping.CORO_MODULE, "new_handle")
+
+
+@pytest.mark.parametrize(
+    "new_handle",
+    [
+        pytest.param(taskhandle.new_handle_py, id="python"),
+        pytest.param(
+            _C_NEW_HANDLE, id="c", marks=pytest.mark.skipif(_C_NEW_HANDLE is None, reason=_NO_C)
+        ),
+    ],
+)
+def test_new_handle_stands_for_its_call_and_lets_weak_references_go(new_handle: Any) -> None:
+    call = object()
+    handle = new_handle(taskhandle.TaskHandle, call)
+    assert type(handle) is taskhandle.TaskHandle and handle._call is call
+    ref = weakref.ref(handle)
+    table: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary({handle: "state"})
+    del handle
+    assert ref() is None and len(table) == 0  # no GC pass needed
+    if new_handle is _C_NEW_HANDLE:
+        with pytest.raises(TypeError):
+            new_handle(object, call)
