@@ -5,10 +5,15 @@ precomputed Stop reply, so its cost per request is the bare event loop plus
 framing: the reference floor for the real runner.
 
     python -m bench.fake_runner /tmp/x.sock [--extra-var NAME] [--not-found-every N]
+        [--rewrite-header NAME=VALUE ...] [--remove-header NAME ...]
 
 --extra-var NAME: ask APISIX for one ExtraInfo Var before each Stop.
 --not-found-every N: answer every Nth call with CONF_TOKEN_NOT_FOUND (tests
 the load generator's re-prepare path).
+--rewrite-header / --remove-header: answer every call with one precomputed
+Rewrite that sets / removes these request headers, instead of the Stop (the
+template reference of a header-rewrite route: APISIX then proxies the request
+as it does for the runner's own Rewrite).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from runner.testing._a6.A6.ExtraInfo import Req as XReq
 from runner.testing._a6.A6.ExtraInfo import Var as XVar
 from runner.testing._a6.A6.HTTPReqCall import Action as CallAction
 from runner.testing._a6.A6.HTTPReqCall import Resp as CallResp
+from runner.testing._a6.A6.HTTPReqCall import Rewrite as CallRewrite
 from runner.testing._a6.A6.HTTPReqCall import Stop as CallStop
 from runner.testing._a6.A6.PrepareConf import Resp as PrepResp
 
@@ -75,6 +81,32 @@ def build_stop_resp() -> bytes:
     return frame(RPC_HTTP_REQ_CALL, bytes(b.Output()))
 
 
+def build_rewrite_resp(headers: list[tuple[str, str | None]]) -> bytes:
+    """A Rewrite of the request's headers (a None value removes the header)."""
+    b = flatbuffers.Builder(128)
+    entries = []
+    for name, value in headers:
+        name_off = b.CreateString(name)
+        value_off = None if value is None else b.CreateString(value)
+        TextEntry.Start(b)
+        TextEntry.AddName(b, name_off)
+        if value_off is not None:
+            TextEntry.AddValue(b, value_off)
+        entries.append(TextEntry.End(b))
+    CallRewrite.StartHeadersVector(b, len(entries))
+    for entry in reversed(entries):
+        b.PrependUOffsetTRelative(entry)
+    vector = b.EndVector()
+    CallRewrite.Start(b)
+    CallRewrite.AddHeaders(b, vector)
+    rewrite = CallRewrite.End(b)
+    CallResp.Start(b)
+    CallResp.AddActionType(b, CallAction.Action.Rewrite)
+    CallResp.AddAction(b, rewrite)
+    b.Finish(CallResp.End(b))
+    return frame(RPC_HTTP_REQ_CALL, bytes(b.Output()))
+
+
 def build_var_req(name: str) -> bytes:
     b = flatbuffers.Builder(64)
     var_name = b.CreateString(name)
@@ -99,9 +131,15 @@ def build_error(code: int) -> bytes:
 class Replies:
     """Every frame the fake runner ever sends, built once."""
 
-    def __init__(self, extra_var: str | None, not_found_every: int) -> None:
+    def __init__(
+        self,
+        extra_var: str | None,
+        not_found_every: int,
+        rewrite: list[tuple[str, str | None]] | None = None,
+    ) -> None:
         self.prepare = build_prepare_resp(1)
-        self.stop = build_stop_resp()
+        # The final answer to every call: the Stop, or the Rewrite asked for.
+        self.stop = build_rewrite_resp(rewrite) if rewrite else build_stop_resp()
         self.var_req = build_var_req(extra_var) if extra_var else None
         self.not_found = build_error(ErrCode.Code.CONF_TOKEN_NOT_FOUND)
         self.bad_request = build_error(ErrCode.Code.BAD_REQUEST)
@@ -190,9 +228,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("socket", help="Unix socket path (a unix: prefix is accepted)")
     p.add_argument("--extra-var", metavar="NAME", help="ask one ExtraInfo Var per call")
     p.add_argument("--not-found-every", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--rewrite-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="answer every call with a Rewrite setting this request header",
+    )
+    p.add_argument(
+        "--remove-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer every call with a Rewrite removing this request header",
+    )
     args = p.parse_args(argv)
     path = args.socket.removeprefix("unix:")
-    uvloop.run(serve(path, Replies(args.extra_var, args.not_found_every)))
+    rewrite: list[tuple[str, str | None]] = []
+    for item in args.rewrite_header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"--rewrite-header {item!r}: expected NAME=VALUE")
+        rewrite.append((name, value))
+    rewrite += [(name, None) for name in args.remove_header]
+    uvloop.run(serve(path, Replies(args.extra_var, args.not_found_every, rewrite)))
 
 
 if __name__ == "__main__":

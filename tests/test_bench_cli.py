@@ -106,3 +106,20 @@ def test_matrix_prints_count_and_time_left(capsys: pytest.CaptureFixture[str]) -
         assert re.fullmatch(
             r"\[\d+/24\] \S+ c=\d+ variant (lua|python) rep \d/3 \(~\d+ s left\)", line
         )
+
+
+def test_fake_runner_answers_a_rewrite_template_when_asked() -> None:
+    """The gateway's template reference for header-rewrite (bench.gateway.cpu):
+    one precomputed Rewrite setting and removing the route's headers."""
+    from bench import fake_runner
+    from runner.testing.frames import Rewrite, parse_req_call_resp
+
+    replies = fake_runner.Replies(None, 0, [("X-Api-Version", "2"), ("X-Debug", None)])
+    frame = fake_runner.FakeConn(replies)._reply(fake_runner.RPC_HTTP_REQ_CALL)
+    assert frame[0] == fake_runner.RPC_HTTP_REQ_CALL
+    action = parse_req_call_resp(frame[4:], []).action
+    assert isinstance(action, Rewrite)
+    assert action.headers == [("X-Api-Version", "2"), ("X-Debug", None)]
+    assert action.path is None and action.args == [] and action.body is None
+    stop = fake_runner.FakeConn(fake_runner.Replies(None, 0))._reply(fake_runner.RPC_HTTP_REQ_CALL)
+    assert stop == fake_runner.build_stop_resp()

@@ -14,12 +14,14 @@ even ones, so a noisy minute hits both):
 - ours: ``python -m runner start --workers N`` (as the rig starts it);
 - the reference: ``python -m bench.fake_runner SOCKET``, a bare uvloop server
   that answers every PrepareConf with token 1 and every HTTPReqCall with one
-  precomputed Stop (403) frame. It answers Stop on every route, header-rewrite
-  included: that is intended, it is the floor (a runner replying from a
-  template), and its non-2xx are those 403 answers.
+  precomputed frame: the floor, a runner replying from a template. On
+  header-rewrite the frame is the route's own Rewrite (``Scenario.reference_args``),
+  so nginx proxies each request to the upstream as it does with ours and both
+  answer calls at the same rate; elsewhere it is a Stop (403), and its non-2xx
+  are those answers.
 
 Each run: start the runner, 1 s of wrk to warm up, one request checked (ours
-does the plugin's work, the reference answers its Stop), then
+does the plugin's work, the reference answers its Stop or does what ours does), then
 ``wrk -t1 -cC -dDs`` on the scenario's Python route (bench/wrk/<scenario>.lua)
 with the utime+stime of the runner's process tree (the pid and its descendants,
 from /proc) read just before and just after. Runner CPU per request = that CPU /
@@ -82,11 +84,14 @@ class Run:
 # --------------------------------------------------------------------------- one run
 
 
-def start_runner(gw: rig.Rig, runner: str) -> None:
+def start_runner(gw: rig.Rig, runner: str, scenario: Scenario) -> None:
     if runner == "ours":
         gw.start_runner()
     else:
-        gw.start_runner_command([sys.executable, "-m", "bench.fake_runner", gw.runner_socket])
+        gw.start_runner_command(
+            [sys.executable, "-m", "bench.fake_runner", gw.runner_socket,
+             *scenario.reference_args]
+        )  # fmt: skip
 
 
 def _reference_answer(status: int, body: bytes) -> bool:
@@ -94,8 +99,9 @@ def _reference_answer(status: int, body: bytes) -> bool:
 
 
 def check_runner(gw: rig.Rig, scenario: Scenario, runner: str) -> None:
-    """One request: ours must do the plugin's work, the reference answer its Stop."""
-    if runner == "reference":
+    """One request: ours must do the plugin's work; the reference answer its
+    Stop, or, where it answers from the route's own template, what ours does."""
+    if runner == "reference" and not scenario.reference_args:
         scenario = dataclasses.replace(scenario, check=_reference_answer)
     check_route(gw, scenario, scenario.py_path)
 
@@ -130,7 +136,7 @@ def measure_run(
     wrk: Wrk = run_wrk,
 ) -> Run:
     """Start ``runner`` on the rig's socket, warm up, check, measure, stop it."""
-    start_runner(gw, runner)
+    start_runner(gw, runner, scenario)
     try:
         wrk(gw.url(scenario.py_path), scenario.script, connections, WARMUP_S)
         check_runner(gw, scenario, runner)
@@ -239,9 +245,9 @@ def render_table(runs: Sequence[Run], scenarios: Sequence[str]) -> str:
 NOTES = (
     "runner CPU: utime+stime of the runner's process tree during the measured wrk run, "
     "divided by wrk's completed requests (non-2xx included).\n"
-    "bare-loop reference: bench.fake_runner answers every call, header-rewrite included, "
-    "with one precomputed Stop (403, hence its non-2xx): the floor, a runner replying from "
-    "a template.\n"
+    "bare-loop reference: bench.fake_runner answers every call from one precomputed frame: "
+    "the route's own Rewrite on header-rewrite (nginx proxies it, as it does ours), a Stop "
+    "(403, hence its non-2xx) elsewhere: the floor, a runner replying from a template.\n"
     "ours / reference: median of ours / median of the reference; per round: the two runs of a "
     "round were back to back."
 )

@@ -63,7 +63,17 @@ class Scenario:
     check: Callable[[int, bytes], bool]
     requires: str | None = None  # the bundled plugin file the Python route needs
     note: str = ""
+    # bench.fake_runner's options for a template reference that answers the
+    # Python route as the plugin does (bench.gateway.cpu); none: it answers Stop.
+    reference_args: tuple[str, ...] = ()
 
+
+# routes.yaml's header-rewrite conf as bench.fake_runner options: one precomputed Rewrite.
+_HEADER_REWRITE_TEMPLATE = (
+    *("--rewrite-header", "X-Api-Version=2"),
+    *("--rewrite-header", "X-Tenant=acme"),
+    *("--remove-header", "X-Debug"),
+)
 
 SCENARIOS = (
     Scenario(
@@ -89,6 +99,7 @@ SCENARIOS = (
         "/py/header-rewrite?page=2&limit=50",
         _check_header_rewrite,
         requires="header_rewrite.py",
+        reference_args=_HEADER_REWRITE_TEMPLATE,
     ),
     Scenario(
         "jwt-auth",

@@ -34,3 +34,18 @@ def test_table_has_both_runners(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert all(r["requests"] > 0 and r["runner_cpu_s"] > 0 for r in runs), runs
     ours = next(r for r in runs if r["runner"] == "ours")
     assert (ours["non2xx"], ours["errors"]) == (0, 0), ours
+
+
+def test_header_rewrite_reference_answers_from_a_template(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """On the header-rewrite route the reference answers the route's own Rewrite
+    (checked like ours: the upstream sees the headers), so both are proxied."""
+    out_json = tmp_path / "cpu.json"
+    argv = ["--duration", "1", "--rounds", "1", "--scenario", "header-rewrite",
+            "--json", str(out_json)]  # fmt: skip
+    assert cpu.main(argv) == 0
+    runs = json.loads(out_json.read_text())["runs"]
+    assert {r["runner"] for r in runs} == {"ours", "reference"}
+    for run in runs:
+        assert run["requests"] > 0 and (run["non2xx"], run["errors"]) == (0, 0), run
