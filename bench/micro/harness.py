@@ -46,6 +46,13 @@ WORKLOADS: dict[str, tuple[tuple[str, str], ...]] = {
 WORKLOADS["rewrite-static"] = (
     ("rewrite", '{"headers":{"X-A":"1","X-B":"2"},"args":{"lang":"en"}}'),
 )
+# The gateway rig's header-rewrite route (bench/gateway/routes.yaml).
+WORKLOADS["header-rewrite"] = (
+    (
+        "header-rewrite",
+        '{"add_headers":{"X-Api-Version":"2","X-Tenant":"acme"},"remove_headers":["X-Debug"]}',
+    ),
+)
 VARS = loadgen.SUITE_VARS
 # The bare-loop references of the target table (bench/fake_runner.py's
 # connection, fed the same way): what a call costs with no runner work at all.
