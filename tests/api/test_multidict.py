@@ -101,6 +101,15 @@ def test_a_name_shows_as_first_given_by_a_write_or_the_originals() -> None:
     after["Brand-New"] = "g"
     assert list(after) == ["x-low", "X-Mixed", "Brand-New"]
     assert after.rewrite_entries() == [("x-low", "e"), ("x-mixed", "f"), ("brand-new", "g")]
+    # Before decoding, a removal names a key too, and a lower-case first write keeps it so.
+    early = Headers(source=Source([("x-old", "1")]))
+    early["x-a"] = "1"
+    early["X-A"] = "2"
+    early.discard("X-B")
+    early["x-b"] = "3"
+    early["X-Old"] = "4"
+    assert list(early) == ["X-Old", "x-a", "X-B"]  # written before decoding: named first
+    assert early.rewrite_entries() == [("x-a", "2"), ("x-b", "3"), ("x-old", "4")]
 
 
 def test_changes_keep_the_order_of_first_change_across_decoding() -> None:
