@@ -69,7 +69,7 @@ u32_at(const unsigned char *p)
  * Field 0 of the root table as a [ubyte] vector (an ExtraInfo answer): its
  * bytes, or None when the field is absent, exactly as fb.root_bytes0 reads it;
  * False when any offset or size is out of bounds, for the caller to raise the
- * twin's DecodeError with its own message (fb._bytes0 reads it again). */
+ * DecodeError with its own message (fb.Table reads it again). */
 static PyObject *
 root_bytes0(PyObject *module, PyObject *data)
 {

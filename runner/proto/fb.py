@@ -305,15 +305,15 @@ def root_bytes0(buf: bytes | memoryview) -> bytes | None:
     A large one in a view of its own buffer (a body, up to 16 MiB) is
     ``Table.root(buf).byte_vector(0)`` written out with no Table object and no
     copy of the payload, with the same checks."""
-    if isinstance(buf, bytes):
+    if isinstance(buf, bytes) or len(buf) <= _COPY_ANSWER_MAX:
+        data = buf if isinstance(buf, bytes) else buf.tobytes()
         if _BYTES0_C is not None:
-            # The C reader; False: malformed, and the twin raises with its message.
-            found = _BYTES0_C(buf)
+            # The C reader; False: malformed, and the Table's reading raises
+            # the DecodeError, with its message.
+            found = _BYTES0_C(data)
             if found is not False:
                 return cast("bytes | None", found)
-        return _bytes0(buf)
-    if len(buf) <= _COPY_ANSWER_MAX:
-        return _bytes0(buf.tobytes())
+        return Table.root(data).byte_vector(0)
     size = len(buf)
     if size < 8:
         raise DecodeError(_TOO_SHORT.format(size))
@@ -338,28 +338,6 @@ def root_bytes0(buf: bytes | memoryview) -> bytes | None:
 _BYTES0_C: Final[Callable[[bytes], Any] | None] = c_function(
     "runner.proto._cutframe", "root_bytes0"
 )
-
-
-def _bytes0(data: bytes) -> bytes | None:
-    """``root_bytes0`` of bytes: ``Table.root(data).byte_vector(0)`` with no Table."""
-    size = len(data)
-    if size < 8:
-        raise DecodeError(_TOO_SHORT.format(size))
-    pos = u32_at(data, 0)
-    vt, vtlen = _vtable_of(data, pos, size)
-    off = u16_at(data, vt + 4) if vtlen >= 6 else 0
-    if not off:
-        return None
-    pos += off
-    if pos + 4 > size:
-        raise DecodeError("field 0 outside the buffer")
-    vec = pos + u32_at(data, pos)
-    if vec + 4 > size:
-        raise DecodeError("vector 0 outside the buffer")
-    end = vec + 4 + u32_at(data, vec)
-    if end > size:
-        raise DecodeError(f"vector 0 of {end - vec - 4} elements overruns the buffer")
-    return data[vec + 4 : end]
 
 
 def _text(data: bytes, size: int, field: int) -> str:

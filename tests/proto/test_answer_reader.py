@@ -1,6 +1,6 @@
 """The reader of ExtraInfo answers (``fb.root_bytes0``): the C one of the
-compiled build (runner/proto/_cutframe.c) reads what its Python twin reads,
-and leaves every malformed answer to the twin, which raises DecodeError."""
+compiled build (runner/proto/_cutframe.c) reads what a Table reads, and
+leaves every malformed answer to the Table, which raises DecodeError."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _C: Callable[[bytes], Any] | None = c_function("runner.proto._cutframe", "root_b
 
 def _twin(data: bytes) -> object:
     try:
-        return fb._bytes0(data)
+        return fb.Table.root(data).byte_vector(0)
     except fb.DecodeError:
         return fb.DecodeError
 
