@@ -580,6 +580,19 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_coro", "The compiled build's coroutine stepping.", 0, methods,
 };
 
+/* `module`.`name`, imported (a new reference), or NULL with the error set. */
+static PyObject *
+imported(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *found = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return found;
+}
+
 PyMODINIT_FUNC
 PyInit__coro(void)
 {
@@ -587,12 +600,7 @@ PyInit__coro(void)
         PyType_Ready(&HandleBaseType) < 0) {
         return NULL;
     }
-    PyObject *asyncio = PyImport_ImportModule("asyncio");
-    if (asyncio == NULL) {
-        return NULL;
-    }
-    CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
-    Py_DECREF(asyncio);
+    CancelledError = imported("asyncio", "CancelledError");
     if (CancelledError == NULL) {
         return NULL;
     }
@@ -605,12 +613,7 @@ PyInit__coro(void)
     if (str_done == NULL || str_set_result == NULL) {
         return NULL;
     }
-    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
-    if (tasks == NULL) {
-        return NULL;
-    }
-    current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
-    Py_DECREF(tasks);
+    current_tasks = imported("asyncio.tasks", "_current_tasks");
     if (current_tasks == NULL) {
         return NULL;
     }

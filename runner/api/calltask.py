@@ -130,7 +130,9 @@ class CallTask:
         return self._handle
 
     def start(self) -> None:
-        self._resume()
+        # Driven from inside a task (tests do), step_in steps nothing: asyncio
+        # allows one task at a time, and _step steps it a loop round later.
+        self._step(None)
 
     def question(self) -> Asked:
         """What the connection resolves and then calls :meth:`answered` for.
@@ -149,7 +151,7 @@ class CallTask:
     def answered(self, question: Asked) -> None:
         """``question`` (from :meth:`question`) has its answer: resume now if the call awaits it."""
         if self.waiter is question and self._quick is question:
-            self._resume()
+            self._step(None)
 
     # -- asyncio.Task's API, through the TaskHandle (and cancel() by the connection)
 
@@ -229,11 +231,6 @@ class CallTask:
         return f"<CallTask {'done' if self._done else 'pending'} coro={self._coro!r}>"
 
     # -- stepping
-
-    def _resume(self) -> None:
-        # Driven from inside a task (tests do), step_in steps nothing: asyncio
-        # allows one task at a time; _step steps it a loop round later.
-        self._step(None)
 
     def _resume_soon(self) -> None:
         """Step a loop round later; until then nothing else may step it."""
