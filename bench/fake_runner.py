@@ -29,16 +29,8 @@ from typing import cast
 import flatbuffers
 import uvloop
 
-from runner.testing._a6.A6 import TextEntry
+from bench.micro import baseline
 from runner.testing._a6.A6.Err import Code as ErrCode
-from runner.testing._a6.A6.Err import Resp as ErrResp
-from runner.testing._a6.A6.ExtraInfo import Info as XInfo
-from runner.testing._a6.A6.ExtraInfo import Req as XReq
-from runner.testing._a6.A6.ExtraInfo import Var as XVar
-from runner.testing._a6.A6.HTTPReqCall import Action as CallAction
-from runner.testing._a6.A6.HTTPReqCall import Resp as CallResp
-from runner.testing._a6.A6.HTTPReqCall import Rewrite as CallRewrite
-from runner.testing._a6.A6.HTTPReqCall import Stop as CallStop
 from runner.testing._a6.A6.PrepareConf import Resp as PrepResp
 
 RPC_ERROR, RPC_PREPARE_CONF, RPC_HTTP_REQ_CALL, RPC_EXTRA_INFO = 0, 1, 2, 3
@@ -58,74 +50,18 @@ def build_prepare_resp(token: int) -> bytes:
     return frame(RPC_PREPARE_CONF, bytes(b.Output()))
 
 
+# The reference's frames are the micro-benchmarks' plain Builder ones
+# (bench/micro/baseline.py), with no request id (APISIX does not read it).
+STOP_BODY = b"stopped by fake runner"
+
+
 def build_stop_resp() -> bytes:
-    b = flatbuffers.Builder(128)
-    name, value = b.CreateString("x-fake-runner"), b.CreateString("1")
-    TextEntry.Start(b)
-    TextEntry.AddName(b, name)
-    TextEntry.AddValue(b, value)
-    entry = TextEntry.End(b)
-    CallStop.StartHeadersVector(b, 1)
-    b.PrependUOffsetTRelative(entry)
-    headers = b.EndVector()
-    body = b.CreateByteVector(b"stopped by fake runner")
-    CallStop.Start(b)
-    CallStop.AddStatus(b, 403)
-    CallStop.AddHeaders(b, headers)
-    CallStop.AddBody(b, body)
-    stop = CallStop.End(b)
-    CallResp.Start(b)
-    CallResp.AddActionType(b, CallAction.Action.Stop)
-    CallResp.AddAction(b, stop)
-    b.Finish(CallResp.End(b))
-    return frame(RPC_HTTP_REQ_CALL, bytes(b.Output()))
+    return baseline.build_stop(0, 403, [("x-fake-runner", "1")], STOP_BODY)
 
 
 def build_rewrite_resp(headers: list[tuple[str, str | None]]) -> bytes:
     """A Rewrite of the request's headers (a None value removes the header)."""
-    b = flatbuffers.Builder(128)
-    entries = []
-    for name, value in headers:
-        name_off = b.CreateString(name)
-        value_off = None if value is None else b.CreateString(value)
-        TextEntry.Start(b)
-        TextEntry.AddName(b, name_off)
-        if value_off is not None:
-            TextEntry.AddValue(b, value_off)
-        entries.append(TextEntry.End(b))
-    CallRewrite.StartHeadersVector(b, len(entries))
-    for entry in reversed(entries):
-        b.PrependUOffsetTRelative(entry)
-    vector = b.EndVector()
-    CallRewrite.Start(b)
-    CallRewrite.AddHeaders(b, vector)
-    rewrite = CallRewrite.End(b)
-    CallResp.Start(b)
-    CallResp.AddActionType(b, CallAction.Action.Rewrite)
-    CallResp.AddAction(b, rewrite)
-    b.Finish(CallResp.End(b))
-    return frame(RPC_HTTP_REQ_CALL, bytes(b.Output()))
-
-
-def build_var_req(name: str) -> bytes:
-    b = flatbuffers.Builder(64)
-    var_name = b.CreateString(name)
-    XVar.Start(b)
-    XVar.AddName(b, var_name)
-    var = XVar.End(b)
-    XReq.Start(b)
-    XReq.AddInfoType(b, XInfo.Info.Var)
-    XReq.AddInfo(b, var)
-    b.Finish(XReq.End(b))
-    return frame(RPC_EXTRA_INFO, bytes(b.Output()))
-
-
-def build_error(code: int) -> bytes:
-    b = flatbuffers.Builder(16)
-    ErrResp.Start(b)
-    ErrResp.AddCode(b, code)
-    b.Finish(ErrResp.End(b))
-    return frame(RPC_ERROR, bytes(b.Output()))
+    return baseline.build_rewrite(0, None, headers, [], [], None)
 
 
 class Replies:
@@ -140,9 +76,9 @@ class Replies:
         self.prepare = build_prepare_resp(1)
         # The final answer to every call: the Stop, or the Rewrite asked for.
         self.stop = build_rewrite_resp(rewrite) if rewrite else build_stop_resp()
-        self.var_req = build_var_req(extra_var) if extra_var else None
-        self.not_found = build_error(ErrCode.Code.CONF_TOKEN_NOT_FOUND)
-        self.bad_request = build_error(ErrCode.Code.BAD_REQUEST)
+        self.var_req = baseline.build_extra_info_var(extra_var) if extra_var else None
+        self.not_found = baseline.build_err(ErrCode.Code.CONF_TOKEN_NOT_FOUND)
+        self.bad_request = baseline.build_err(ErrCode.Code.BAD_REQUEST)
         self.not_found_every = not_found_every
         self.calls = 0
 

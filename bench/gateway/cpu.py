@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.fake_runner import STOP_BODY
 from bench.gateway import rig
 from bench.gateway.matrix import (
     SCENARIOS,
@@ -62,7 +63,6 @@ START_S = 1.5  # a runner start, its check and its stop, for the time left
 DEFAULT_SCENARIOS = ("stop", "header-rewrite")
 RUNNERS = ("ours", "reference")
 LABELS = {"ours": "ours", "reference": "bare-loop reference"}
-REFERENCE_BODY = b"stopped by fake runner"
 
 Wrk = Callable[[str, str, int, int], dict[str, float]]
 
@@ -95,7 +95,7 @@ def start_runner(gw: rig.Rig, runner: str, scenario: Scenario) -> None:
 
 
 def _reference_answer(status: int, body: bytes) -> bool:
-    return status == 403 and body == REFERENCE_BODY
+    return status == 403 and body == STOP_BODY
 
 
 def check_runner(gw: rig.Rig, scenario: Scenario, runner: str) -> None:
