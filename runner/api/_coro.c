@@ -287,7 +287,8 @@ question_next(QuestionObject *self)
             PyErr_SetNone(PyExc_StopIteration);
         }
         else {
-            /* A 1-tuple: a tuple answer must not be taken for StopIteration's args. */
+            /* An instance, not the answer itself: PyErr_SetObject would take a
+             * tuple answer for StopIteration's arguments. */
             PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
             if (stop != NULL) {
                 PyErr_SetObject(PyExc_StopIteration, stop);
