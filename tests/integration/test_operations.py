@@ -27,7 +27,7 @@ from runner import hotpath
 from runner.testing import Client, HTTPRequest, Rewrite, RunnerError, Stop
 from runner.testing.pytest_plugin import RunnerFactory, RunningRunner
 
-from .conftest import PLUGINS_DIR, arun
+from .conftest import PLUGINS_DIR, arun, wait_for_log
 
 OPS_DIR = str(Path(__file__).resolve().parent / "plugins_ops")
 SERVICE_UNAVAILABLE = 1
@@ -151,7 +151,9 @@ def test_metrics_count_exactly_across_workers(runner_factory: RunnerFactory) -> 
 
 
 def test_metrics_are_off_by_default(runner: RunningRunner) -> None:
-    assert "metrics on" not in runner.log_text()
+    # "metrics on" would come before this line (the socket accepts a moment earlier).
+    text = wait_for_log(runner, "listening on")
+    assert "listening on" in text and "metrics on" not in text
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import yaml
 from runner.testing import HTTPRequest, Stop
 from runner.testing.pytest_plugin import RunnerFactory, runner_env
 
-from .conftest import arun
+from .conftest import arun, wait_for_log
 from .test_operations import free_port, http_get
 
 STOP = [("stop", '{"status": 200}')]
@@ -119,4 +119,6 @@ def test_version_and_the_start_up_line(runner_factory: RunnerFactory) -> None:
     res = cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("apisix-runner ")
     runner = runner_factory(plugins_dir=None, workers=1)
-    assert "with 1 worker" in runner.log_text() and "with 1 workers" not in runner.log_text()
+    # The socket accepts as soon as it is bound, a moment before this line is written.
+    text = wait_for_log(runner, "listening on")
+    assert "with 1 worker" in text and "with 1 workers" not in text
