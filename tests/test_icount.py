@@ -11,10 +11,14 @@ Ir                     file:function
 2,200,509,653 (100.0%)  PROGRAM TOTALS
 143,568,322 ( 6.52%)  /tmp/build/Python/ceval.c:_PyEval_EvalFrameDefault'2 [/lib/libpython3.11.so]
  29,458,000 ( 1.34%)  ???:CPyDef_fb___text_vector_chunks [/work/runner_hotpath__mypyc.so]
+-- Auto-annotated source: runner/proto/_textvec.c
+ 72,000 ( 0.01%)              if (emit(v, name, NO_VALUE, NULL) < 0) {
+10,320,000 ( 0.85%)  => runner/proto/_textvec.c:emit (72,000x)
 """
 
 
 def test_annotate_lines_become_costs_by_short_name() -> None:
+    # The source line and the cost of the calls made from it are left out.
     costs = parse_annotate(ANNOTATE)
     assert costs == {
         "PROGRAM TOTALS": 2_200_509_653,

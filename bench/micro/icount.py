@@ -50,7 +50,7 @@ def _run(workload: str, calls: int, out: Path) -> None:
 def _costs(path: Path, inclusive: bool) -> dict[str, int]:
     """Instructions by function (``file:function`` shortened to its last part)."""
     argv = ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
-            "--threshold=100", str(path)]  # fmt: skip
+            "--threshold=100", "--auto=no", str(path)]  # fmt: skip
     text = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     return parse_annotate(text)
 
@@ -58,6 +58,11 @@ def _costs(path: Path, inclusive: bool) -> dict[str, int]:
 def parse_annotate(text: str) -> dict[str, int]:
     costs: dict[str, int] = {}
     for line in text.splitlines():
+        # An annotated source's lines are not functions, and its "=> f (Nx)"
+        # lines are the inclusive cost of calls: counted, they would be added
+        # to f's self cost (_costs asks for none; this guards the parse).
+        if line.startswith("-- Auto-annotated source"):
+            break
         m = _LINE.match(line)
         if m:
             name = re.sub(r"\s*\[.*\]\s*$", "", m.group(2)).rsplit("/", 1)[-1]
