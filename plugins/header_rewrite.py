@@ -51,6 +51,13 @@ class HeaderRewriteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
             raise msgspec.ValidationError(
                 f"remove_headers: {sorted(both)} also in add_headers; keep one"
             )
+        # Lower-cased once here, as the request's header map keys them: a name
+        # that is its own key costs a write no spelling to remember, every call.
+        # (APISIX and HTTP compare header names without case.)
+        lowered = {name.lower(): value for name, value in self.add_headers.items()}
+        msgspec.structs.force_setattr(self, "add_headers", lowered)
+        removed = [name.lower() for name in self.remove_headers]
+        msgspec.structs.force_setattr(self, "remove_headers", removed)
 
 
 class HeaderRewrite(Plugin):
@@ -63,5 +70,4 @@ class HeaderRewrite(Plugin):
         # request's headers (runner.api.multidict keeps them as overrides).
         for name in conf.remove_headers:
             headers.discard(name)
-        for name, value in conf.add_headers.items():
-            headers[name] = value
+        headers.update(conf.add_headers)

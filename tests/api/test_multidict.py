@@ -53,6 +53,34 @@ def test_writes_before_reading_do_not_decode() -> None:
     assert decoded == ["headers"]
 
 
+def test_update_sets_each_name_as_item_assignment_does() -> None:
+    class KeysOnly:
+        """Not a Mapping, but has keys() and []: update reads it like one."""
+
+        def keys(self) -> list[str]:
+            return ["K"]
+
+        def __getitem__(self, name: str) -> str:
+            return name.lower()
+
+    source = Source([("a", "1"), ("b", "2"), ("b", "3")])
+    h = Headers(source=source)
+    h.update({"B": "9", "X-New": "n"})
+    assert source.decoded == []  # writes only, as m[name] = v
+    h.update([("c", "4"), ("C", "5")], d="6")
+    h.update(KeysOnly())
+    h.update()
+    expected = [("b", "9"), ("x-new", "n"), ("c", "5"), ("d", "6"), ("k", "k")]
+    assert h.rewrite_entries() == expected
+    # Names as first given by a write (before decoding), as with h[name] = v.
+    shown = [("a", "1"), ("B", "9"), ("X-New", "n"), ("c", "5"), ("d", "6"), ("K", "k")]
+    assert list(h.multi_items()) == shown
+    assert h.writes == 6
+    # Not pairs: the compiled build raises TypeError, the pure one ValueError.
+    with pytest.raises((TypeError, ValueError)):
+        h.update([("just-a-name",)])  # type: ignore[list-item]
+
+
 def test_del_of_missing_name_raises_but_discard_does_not() -> None:
     h = Headers([])
     with pytest.raises(KeyError):
