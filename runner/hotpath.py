@@ -18,6 +18,7 @@ MODULES = (
     "runner.proto.fb",
     "runner.proto.frame",
     "runner.proto.messages",
+    "runner.proto.replymemo",
     "runner.api.multidict",
     "runner.api.http",
     "runner.api.chain",

@@ -14,6 +14,7 @@ from typing import Any, Final
 from runner.api.plugin import ConfError, Plugin, has_filter, has_response_filter, is_async
 from runner.api.policy import in_thread
 from runner.ops.metrics import PluginStats, WorkerMetrics
+from runner.proto.replymemo import ReplyMemo
 from runner.settings import PluginOptions
 
 log = logging.getLogger("runner.confstore")
@@ -54,7 +55,7 @@ class Step:
 class Chain:
     """A route's plugins in order, split by phase."""
 
-    __slots__ = ("key", "releases", "req", "req_async", "resp", "resp_async")
+    __slots__ = ("key", "memo", "releases", "req", "req_async", "resp", "resp_async")
 
     def __init__(
         self,
@@ -73,6 +74,8 @@ class Chain:
         self.req_async: Final = req_async
         self.resp_async: Final = resp_async
         self.releases: Final = releases
+        # The route's last Rewrite, answered again while calls change the same.
+        self.memo: Final = ReplyMemo()
 
     def __repr__(self) -> str:
         return f"Chain({self.key!r}, req={self.req!r}, resp={self.resp!r})"

@@ -33,6 +33,7 @@ from runner.proto import (
     build_req_call_stop,
     build_resp_call_resp,
 )
+from runner.proto.replymemo import ReplyMemo
 
 # The log context of an async step (Final: compiled, reading logs.task_context
 # per step would be a module attribute lookup each time).
@@ -104,8 +105,9 @@ class PluginTimeout(Exception):
     runner.server.watchdog)."""
 
 
-def req_reply(request: Request, response: Response) -> Frame:
-    """The HTTPReqCall answer for what the chain did."""
+def req_reply(request: Request, response: Response, memo: ReplyMemo | None = None) -> Frame:
+    """The HTTPReqCall answer for what the chain did. ``memo``: the chain's,
+    for a Rewrite of headers and args only (the usual kind)."""
     if response.stopped:
         status = response.status or 200
         return build_req_call_stop(
@@ -113,8 +115,11 @@ def req_reply(request: Request, response: Response) -> Frame:
         )
     path, headers, args, body = request.upstream_changes()
     resp_headers = response.header_items()
-    if path is None and body is None and not (headers or args or resp_headers):
-        return build_req_call_none(request.id)
+    if path is None and body is None and not resp_headers:
+        if not (headers or args):
+            return build_req_call_none(request.id)
+        if memo is not None:
+            return memo.rewrite(request.id, headers, args)
     return build_req_call_rewrite(request.id, path, headers, args, resp_headers, body)
 
 
@@ -266,7 +271,7 @@ def run_req_sync(chain: Chain, view: ReqCallView, ask: Ask) -> Frame:
                 break
     finally:
         inline.plugin = None
-    return req_reply(request, response)
+    return req_reply(request, response, chain.memo)
 
 
 async def run_req_async(
@@ -312,7 +317,7 @@ async def run_req_async(
         if response.stopped:
             break
     try:
-        return req_reply(request, response)
+        return req_reply(request, response, chain.memo)
     except FrameTooLarge as exc:  # the log line's kind is the route (see failure_frame)
         raise ReplyTooLarge(chain.key, exc) from None
 

@@ -544,7 +544,112 @@ rewrite_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* Two exact strs with the same characters (PEP 393: equal strs share a kind). */
+static inline int
+same_str(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b)) {
+        return 0;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    int kind = PyUnicode_KIND(a);
+    return n == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(n * kind)) == 0;
+}
+
+/* A change's values: both None, or exact lists of the same None and str items. */
+static int
+same_values(PyObject *a, PyObject *b)
+{
+    if (a == Py_None || b == Py_None) {
+        return a == b;
+    }
+    if (!PyList_CheckExact(a) || !PyList_CheckExact(b) ||
+        PyList_GET_SIZE(a) != PyList_GET_SIZE(b)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a); i++) {
+        PyObject *x = PyList_GET_ITEM(a, i), *y = PyList_GET_ITEM(b, i);
+        if (x == Py_None || y == Py_None ? x != y : !same_str(x, y)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether two change maps write the same entries: exact dicts with equal str
+ * keys in the same order, each with the same values. Anything else (a
+ * subclass, a key or value of another type) is "not the same", so a memo is
+ * never trusted on an __eq__ of a plugin's making. Runs no Python code:
+ * neither dict can change during the walk. */
+static int
+same_changes(PyObject *a, PyObject *b)
+{
+    if (!PyDict_CheckExact(a) || !PyDict_CheckExact(b) ||
+        PyDict_GET_SIZE(a) != PyDict_GET_SIZE(b)) {
+        return 0;
+    }
+    Py_ssize_t i = 0, j = 0;
+    PyObject *ka, *va, *kb, *vb;
+    while (PyDict_Next(a, &i, &ka, &va)) {
+        if (!PyDict_Next(b, &j, &kb, &vb) || !PyUnicode_CheckExact(ka) || !same_str(ka, kb) ||
+            !same_values(va, vb)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* reuse(frame: bytes, at: int, req_id: int, headers: dict, kept_headers: dict,
+ *       args: dict, kept_args: dict) -> bytes | None
+ *
+ * runner.proto.replymemo's hit: when `headers` and `args` write the same
+ * entries as the kept copies `frame` was built from, a copy of `frame` with
+ * `req_id` (u32, little-endian) at `at`; otherwise None. */
+static PyObject *
+reuse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "reuse() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *frame = args[0];
+    if (!PyBytes_CheckExact(frame)) {
+        PyErr_Format(PyExc_TypeError, "reuse(): a frame is bytes, not %.100s",
+                     Py_TYPE(frame)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long req_id = PyLong_AsUnsignedLong(args[2]);
+    if (req_id == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(frame);
+    if (at < 0 || at > n - 4 || req_id > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "reuse(): the id's place or value is out of range");
+        return NULL;
+    }
+    if (!same_changes(args[3], args[4]) || !same_changes(args[5], args[6])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame), n);
+    if (out != NULL) {
+        put_u32((unsigned char *)PyBytes_AS_STRING(out) + at, (Py_ssize_t)req_id);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"reuse", (PyCFunction)(void (*)(void))reuse, METH_FASTCALL,
+     "reuse(frame, at, req_id, headers, kept_headers, args, kept_args) -> bytes | None: "
+     "frame with req_id at `at` where the changes are the kept ones, else None."},
     {"text_vector", (PyCFunction)(void (*)(void))text_vector, METH_FASTCALL,
      "text_vector(pairs, start, vtables) -> bytes: a [TextEntry] vector starting at `start` "
      "of a frame whose TextEntry vtables lie at `vtables`."},

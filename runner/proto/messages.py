@@ -415,6 +415,12 @@ def _layout_of(
     ]  # fmt: skip
 
 
+def rewrite_id_at(headers: TextField, args: TextField) -> int:
+    """Where the request id lies in ``build_req_call_rewrite(id, None, headers,
+    args, [], None)`` (runner.proto.replymemo writes another there)."""
+    return len(_layout_of(None, headers, args, (), None).head)
+
+
 def _listed(field: TextField) -> list[tuple[str, str | None]] | Changes:
     # Two isinstance calls: `list | dict` would build a union object per call.
     if isinstance(field, list) or isinstance(field, dict):  # noqa: SIM101

@@ -1,0 +1,129 @@
+"""A route's last Rewrite frame, answered again while its calls change the same.
+
+Most rewrites a route makes are the same on every call: header-rewrite sets
+the headers of its config, an auth plugin strips the same credentials. The
+chain still runs for every call; what is spared is writing the same Rewrite
+again (~2,000 instructions for three headers): when a call's header and arg
+changes are the same as the last frame's, in the same order, its reply is
+that frame with the call's own id.
+
+"The same" is decided on exact types only (dicts, lists, strs; see
+``same_changes_py``), never on an ``__eq__`` of a plugin's making, and the memo
+keeps its own copy of the changes it was built from. A route whose rewrites
+differ call after call stops being remembered after ``GIVE_UP`` misses in a
+row, so it pays the comparison and the copy only that many times.
+
+The compiled build compares and copies in C (``_textvec.c``); the pure build
+runs the Python twins below, which return the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from .chelpers import c_function
+from .fb import Changes
+from .messages import build_req_call_rewrite, rewrite_id_at
+
+TEXTVEC_MODULE: Final = "runner.proto._textvec"
+GIVE_UP: Final = 16  # misses in a row after which a route's rewrites are not remembered
+
+
+def same_changes_py(a: object, b: object) -> bool:
+    """Whether two change maps write the same entries (``_textvec.same_changes``)."""
+    if type(a) is not dict or type(b) is not dict or len(a) != len(b):
+        return False
+    entries = list(b.items())
+    for i, (ka, va) in enumerate(a.items()):
+        kb, vb = entries[i]
+        if type(ka) is not str or type(kb) is not str or ka != kb:
+            return False
+        if not _same_values(va, vb):
+            return False
+    return True
+
+
+def _same_values(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    if type(a) is not list or type(b) is not list or len(a) != len(b):
+        return False
+    for i, x in enumerate(a):
+        y = b[i]
+        if x is None or y is None:
+            if x is not y:
+                return False
+        elif type(x) is not str or type(y) is not str or x != y:
+            return False
+    return True
+
+
+def reuse_py(
+    frame: bytes,
+    at: int,
+    req_id: int,
+    headers: Changes,
+    kept_headers: Changes,
+    args: Changes,
+    kept_args: Changes,
+) -> bytes | None:
+    """``_textvec.reuse``: ``frame`` with ``req_id`` written at ``at`` where
+    ``headers`` and ``args`` write the same entries as the kept copies it was
+    built from; otherwise None."""
+    if at < 0 or at > len(frame) - 4 or not 0 <= req_id <= 0xFFFFFFFF:
+        raise ValueError("reuse(): the id's place or value is out of range")
+    if not (same_changes_py(headers, kept_headers) and same_changes_py(args, kept_args)):
+        return None
+    return frame[:at] + req_id.to_bytes(4, "little") + frame[at + 4 :]
+
+
+_REUSE: Final[Callable[[bytes, int, int, Changes, Changes, Changes, Changes], bytes | None]] = (
+    c_function(TEXTVEC_MODULE, "reuse") or reuse_py
+)
+
+
+def _copy(changes: Changes) -> Changes:
+    """The memo's own copy: the request's lists could be changed after its reply."""
+    return {key: None if values is None else list(values) for key, values in changes.items()}
+
+
+class _Last:
+    """One remembered frame and what it was built from (replaced whole, never
+    changed: a reader holds one consistent set)."""
+
+    __slots__ = ("args", "frame", "headers", "id_at")
+
+    def __init__(self, frame: bytes, id_at: int, headers: Changes, args: Changes) -> None:
+        self.frame: Final = frame
+        self.id_at: Final = id_at
+        self.headers: Final = headers
+        self.args: Final = args
+
+
+class ReplyMemo:
+    """One route's last header-and-arg Rewrite (a Chain holds one)."""
+
+    __slots__ = ("_last", "_misses")
+
+    def __init__(self) -> None:
+        self._last: _Last | None = None
+        self._misses = 0
+
+    def rewrite(self, req_id: int, headers: Changes, args: Changes) -> bytes:
+        """``build_req_call_rewrite(req_id, None, headers, args, [], None)``:
+        the last frame with this id, where these changes are its own."""
+        last = self._last
+        if last is not None:
+            again = _REUSE(last.frame, last.id_at, req_id, headers, last.headers, args, last.args)
+            if again is not None:
+                self._misses = 0
+                return again
+        frame = build_req_call_rewrite(req_id, None, headers, args, [], None)
+        misses = self._misses
+        if misses < GIVE_UP:
+            self._misses = misses + 1
+            self._last = _Last(frame, rewrite_id_at(headers, args), _copy(headers), _copy(args))
+        else:
+            self._last = None
+        return frame
