@@ -544,7 +544,8 @@ rewrite_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
-/* Two exact strs with the same characters (PEP 393: equal strs share a kind). */
+/* One object, or two exact strs with the same characters (PEP 393: equal
+ * strs share a kind). */
 static inline int
 same_str(PyObject *a, PyObject *b)
 {
@@ -560,19 +561,20 @@ same_str(PyObject *a, PyObject *b)
            memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(n * kind)) == 0;
 }
 
-/* A change's values: both None, or exact lists of the same None and str items. */
+/* A change's values against the kept ones: both None, or an exact list and a
+ * tuple of the same None and str items. */
 static int
-same_values(PyObject *a, PyObject *b)
+same_values(PyObject *values, PyObject *kept)
 {
-    if (a == Py_None || b == Py_None) {
-        return a == b;
+    if (values == Py_None || kept == Py_None) {
+        return values == kept;
     }
-    if (!PyList_CheckExact(a) || !PyList_CheckExact(b) ||
-        PyList_GET_SIZE(a) != PyList_GET_SIZE(b)) {
+    if (!PyList_CheckExact(values) || !PyTuple_CheckExact(kept) ||
+        PyList_GET_SIZE(values) != PyTuple_GET_SIZE(kept)) {
         return 0;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a); i++) {
-        PyObject *x = PyList_GET_ITEM(a, i), *y = PyList_GET_ITEM(b, i);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(values); i++) {
+        PyObject *x = PyList_GET_ITEM(values, i), *y = PyTuple_GET_ITEM(kept, i);
         if (x == Py_None || y == Py_None ? x != y : !same_str(x, y)) {
             return 0;
         }
@@ -580,31 +582,34 @@ same_values(PyObject *a, PyObject *b)
     return 1;
 }
 
-/* Whether two change maps write the same entries: exact dicts with equal str
- * keys in the same order, each with the same values. Anything else (a
- * subclass, a key or value of another type) is "not the same", so a memo is
- * never trusted on an __eq__ of a plugin's making. Runs no Python code:
- * neither dict can change during the walk. */
+/* Whether a change map writes the entries kept (replymemo.kept: a flat tuple,
+ * name, values, name, values..., each values None or a tuple): an exact dict
+ * with the same str names in the same order, each with the same values.
+ * Anything else (a subclass, a name or value of another type) is "not the
+ * same", so a memo is never trusted on an __eq__ of a plugin's making (one
+ * object is the same as itself: a str's text cannot change). Runs no Python
+ * code: the dict cannot change during the walk. */
 static int
-same_changes(PyObject *a, PyObject *b)
+same_changes(PyObject *changes, PyObject *kept)
 {
-    if (!PyDict_CheckExact(a) || !PyDict_CheckExact(b) ||
-        PyDict_GET_SIZE(a) != PyDict_GET_SIZE(b)) {
+    if (!PyDict_CheckExact(changes) || !PyTuple_CheckExact(kept) ||
+        2 * PyDict_GET_SIZE(changes) != PyTuple_GET_SIZE(kept)) {
         return 0;
     }
-    Py_ssize_t i = 0, j = 0;
-    PyObject *ka, *va, *kb, *vb;
-    while (PyDict_Next(a, &i, &ka, &va)) {
-        if (!PyDict_Next(b, &j, &kb, &vb) || !PyUnicode_CheckExact(ka) || !same_str(ka, kb) ||
-            !same_values(va, vb)) {
+    Py_ssize_t pos = 0, k = 0;
+    PyObject *name, *values;
+    while (PyDict_Next(changes, &pos, &name, &values)) {
+        if (!same_str(name, PyTuple_GET_ITEM(kept, k)) ||
+            !same_values(values, PyTuple_GET_ITEM(kept, k + 1))) {
             return 0;
         }
+        k += 2;
     }
     return 1;
 }
 
-/* reuse(frame: bytes, at: int, req_id: int, headers: dict, kept_headers: dict,
- *       args: dict, kept_args: dict) -> bytes | None
+/* reuse(frame: bytes, at: int, req_id: int, headers: dict, kept_headers: tuple,
+ *       args: dict, kept_args: tuple) -> bytes | None
  *
  * runner.proto.replymemo's hit: when `headers` and `args` write the same
  * entries as the kept copies `frame` was built from, a copy of `frame` with

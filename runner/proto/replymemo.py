@@ -9,7 +9,7 @@ that frame with the call's own id.
 
 "The same" is decided on exact types only (dicts, lists, strs; see
 ``same_changes_py``), never on an ``__eq__`` of a plugin's making, and the memo
-keeps its own copy of the changes it was built from. A route whose rewrites
+keeps its own copy of the changes it was built from (``kept``). A route whose rewrites
 differ call after call stops being remembered after ``GIVE_UP`` misses in a
 row, so it pays the comparison and the copy only that many times.
 
@@ -30,31 +30,46 @@ TEXTVEC_MODULE: Final = "runner.proto._textvec"
 GIVE_UP: Final = 16  # misses in a row after which a route's rewrites are not remembered
 
 
-def same_changes_py(a: object, b: object) -> bool:
-    """Whether two change maps write the same entries (``_textvec.same_changes``)."""
-    if type(a) is not dict or type(b) is not dict or len(a) != len(b):
+Kept = tuple[object, ...]  # name, values, name, values...: see kept()
+
+
+def kept(changes: Changes) -> Kept:
+    """The memo's own copy of a change map, flat and immutable: the request's
+    lists could be changed after its reply, and a tuple is read in C by index."""
+    out: list[object] = []
+    for name, values in changes.items():
+        out.append(name)
+        out.append(None if values is None else tuple(values))
+    return tuple(out)
+
+
+def same_changes_py(changes: object, kept: Kept) -> bool:
+    """Whether a change map writes the entries kept (``_textvec.same_changes``):
+    an exact dict with the same str names in the same order, each with the same
+    values; one object is the same as itself (a str's text cannot change)."""
+    if type(changes) is not dict or 2 * len(changes) != len(kept):
         return False
-    entries = list(b.items())
-    for i, (ka, va) in enumerate(a.items()):
-        kb, vb = entries[i]
-        if type(ka) is not str or type(kb) is not str or ka != kb:
-            return False
-        if not _same_values(va, vb):
+    for i, (name, values) in enumerate(changes.items()):
+        if not (_same_str(name, kept[2 * i]) and _same_values(values, kept[2 * i + 1])):
             return False
     return True
 
 
-def _same_values(a: object, b: object) -> bool:
-    if a is None or b is None:
-        return a is b
-    if type(a) is not list or type(b) is not list or len(a) != len(b):
+def _same_str(a: object, b: object) -> bool:
+    return a is b or (type(a) is str and type(b) is str and a == b)
+
+
+def _same_values(values: object, kept: object) -> bool:
+    if values is None or kept is None:
+        return values is kept
+    if type(values) is not list or type(kept) is not tuple or len(values) != len(kept):
         return False
-    for i, x in enumerate(a):
-        y = b[i]
+    for i, x in enumerate(values):
+        y = kept[i]
         if x is None or y is None:
             if x is not y:
                 return False
-        elif type(x) is not str or type(y) is not str or x != y:
+        elif not _same_str(x, y):
             return False
     return True
 
@@ -64,9 +79,9 @@ def reuse_py(
     at: int,
     req_id: int,
     headers: Changes,
-    kept_headers: Changes,
+    kept_headers: Kept,
     args: Changes,
-    kept_args: Changes,
+    kept_args: Kept,
 ) -> bytes | None:
     """``_textvec.reuse``: ``frame`` with ``req_id`` written at ``at`` where
     ``headers`` and ``args`` write the same entries as the kept copies it was
@@ -78,14 +93,9 @@ def reuse_py(
     return frame[:at] + req_id.to_bytes(4, "little") + frame[at + 4 :]
 
 
-_REUSE: Final[Callable[[bytes, int, int, Changes, Changes, Changes, Changes], bytes | None]] = (
+_REUSE: Final[Callable[[bytes, int, int, Changes, Kept, Changes, Kept], bytes | None]] = (
     c_function(TEXTVEC_MODULE, "reuse") or reuse_py
 )
-
-
-def _copy(changes: Changes) -> Changes:
-    """The memo's own copy: the request's lists could be changed after its reply."""
-    return {key: None if values is None else list(values) for key, values in changes.items()}
 
 
 class _Last:
@@ -94,7 +104,7 @@ class _Last:
 
     __slots__ = ("args", "frame", "headers", "id_at")
 
-    def __init__(self, frame: bytes, id_at: int, headers: Changes, args: Changes) -> None:
+    def __init__(self, frame: bytes, id_at: int, headers: Kept, args: Kept) -> None:
         self.frame: Final = frame
         self.id_at: Final = id_at
         self.headers: Final = headers
@@ -123,7 +133,7 @@ class ReplyMemo:
         misses = self._misses
         if misses < GIVE_UP:
             self._misses = misses + 1
-            self._last = _Last(frame, rewrite_id_at(headers, args), _copy(headers), _copy(args))
+            self._last = _Last(frame, rewrite_id_at(headers, args), kept(headers), kept(args))
         else:
             self._last = None
         return frame

@@ -12,7 +12,7 @@ import pytest
 from runner.proto.chelpers import c_function
 from runner.proto.fb import Changes
 from runner.proto.messages import build_req_call_rewrite, rewrite_id_at
-from runner.proto.replymemo import GIVE_UP, ReplyMemo, reuse_py, same_changes_py
+from runner.proto.replymemo import GIVE_UP, ReplyMemo, kept, reuse_py, same_changes_py
 
 _C_REUSE: Callable[..., Any] | None = c_function("runner.proto._textvec", "reuse")
 
@@ -33,7 +33,7 @@ def fresh(req_id: int, headers: Changes, args: Changes) -> bytes:
 def _maps(rng: random.Random) -> tuple[Changes, Changes]:
     """Two change maps, often the same, else different in one way or another."""
     names = ["x-a", "x-b", "x-c", "é-d"]
-    values: list[str | None] = ["1", "2", "", "ü", None]
+    values: list[str | None] = ["1", "2", "", "ü", None, Str("s")]  # Str: one object
 
     def one() -> Changes:
         changes: Changes = {}
@@ -73,23 +73,27 @@ def test_the_c_reuse_answers_as_the_twin() -> None:
         frame = fresh(5, kept_headers, kept_args) if kept_headers or kept_args else b"\0" * 40
         req_id = rng.choice([0, 1, 77, 0xFFFFFFFF])
         at = rewrite_id_at(kept_headers, kept_args)
-        argv = (frame, at, req_id, headers, kept_headers, args, kept_args)
+        argv = (frame, at, req_id, headers, kept(kept_headers), args, kept(kept_args))
         assert _C_REUSE(*argv) == reuse_py(*argv), argv
     frame = b"abcdefgh"
     for bad in ((b"abc", 0, 1), (frame, 5, 1), (frame, -1, 1), (frame, 0, 1 << 32)):
         for fn in (_C_REUSE, reuse_py):
             with pytest.raises((ValueError, OverflowError)):
-                fn(*bad, {}, {}, {}, {})
+                fn(*bad, {}, (), {}, ())
 
 
 def test_same_changes_is_exact_about_order_types_and_values() -> None:
-    a: Changes = {"x-a": ["1"], "x-b": None}
-    assert same_changes_py(a, {"x-a": ["1"], "x-b": None})
-    assert not same_changes_py(a, {"x-b": None, "x-a": ["1"]})  # order: another frame
-    assert not same_changes_py(a, {"x-a": ["1"], "x-b": []})
-    assert not same_changes_py(a, {"x-a": [Str("2")], "x-b": None})
-    assert not same_changes_py({Str("x-a"): ["1"]}, {"x-a": ["1"]})
-    assert not same_changes_py(a, {"x-a": ["1", None], "x-b": None})
+    a = kept({"x-a": ["1"], "x-b": None})
+    assert a == ("x-a", ("1",), "x-b", None)
+    assert same_changes_py({"x-a": ["1"], "x-b": None}, a)
+    assert not same_changes_py({"x-b": None, "x-a": ["1"]}, a)  # order: another frame
+    assert not same_changes_py({"x-a": ["1"], "x-b": []}, a)
+    assert not same_changes_py({"x-a": [Str("2")], "x-b": None}, a)
+    assert not same_changes_py({Str("x-a"): ["1"], "x-b": None}, a)
+    assert not same_changes_py({"x-a": ["1", None], "x-b": None}, a)
+    assert not same_changes_py({"x-a": ("1",), "x-b": None}, a)
+    odd = Str("odd")  # one object is the same as itself, whatever its type
+    assert same_changes_py({odd: [odd]}, kept({odd: [odd]}))
 
 
 def writable(changes: Changes) -> bool:
