@@ -28,6 +28,9 @@ from .messages import build_req_call_rewrite, rewrite_id_at
 
 TEXTVEC_MODULE: Final = "runner.proto._textvec"
 GIVE_UP: Final = 16  # misses in a row after which a route's rewrites are not remembered
+# The largest frame kept: a worker holds one per route it has cached (conf_cache
+# entries), so a route that sets a large header is not remembered.
+KEEP_MAX: Final = 4096
 
 
 Kept = tuple[object, ...]  # name, values, name, values...: see kept()
@@ -131,7 +134,7 @@ class ReplyMemo:
                 return again
         frame = build_req_call_rewrite(req_id, None, headers, args, [], None)
         misses = self._misses
-        if misses < GIVE_UP:
+        if misses < GIVE_UP and len(frame) <= KEEP_MAX:
             self._misses = misses + 1
             self._last = _Last(frame, rewrite_id_at(headers, args), kept(headers), kept(args))
         else:

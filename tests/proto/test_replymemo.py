@@ -12,7 +12,14 @@ import pytest
 from runner.proto.chelpers import c_function
 from runner.proto.fb import Changes
 from runner.proto.messages import build_req_call_rewrite, rewrite_id_at
-from runner.proto.replymemo import GIVE_UP, ReplyMemo, kept, reuse_py, same_changes_py
+from runner.proto.replymemo import (
+    GIVE_UP,
+    KEEP_MAX,
+    ReplyMemo,
+    kept,
+    reuse_py,
+    same_changes_py,
+)
 
 _C_REUSE: Callable[..., Any] | None = c_function("runner.proto._textvec", "reuse")
 
@@ -150,3 +157,15 @@ def test_the_same_changes_in_another_order_are_another_frame() -> None:
     assert memo.rewrite(1, first, {}) == fresh(1, first, {})
     assert memo.rewrite(2, turned, {}) == fresh(2, turned, {}) != fresh(2, first, {})
     assert memo.rewrite(3, {}, turned) == fresh(3, {}, turned)  # the same, as args
+
+
+def test_a_large_frame_is_not_kept() -> None:
+    memo = ReplyMemo()
+    big: Changes = {"x-big": ["v" * KEEP_MAX]}
+    assert memo.rewrite(1, big, {}) == fresh(1, big, {})
+    assert memo._last is None  # one per cached route: a worker would hold them all
+    small: Changes = {"x-a": ["1"]}
+    memo.rewrite(2, small, {})
+    assert memo._last is not None
+    assert memo.rewrite(3, big, {}) == fresh(3, big, {})
+    assert memo._last is None
