@@ -101,6 +101,9 @@ _REUSE: Final[Callable[[bytes, int, int, Changes, Kept, Changes, Kept], bytes | 
 )
 
 
+_NO_PAIRS: Final[list[tuple[str, str | None]]] = []  # no response headers (never changed)
+
+
 class _Last:
     """One remembered frame and what it was built from (replaced whole, never
     changed: a reader holds one consistent set)."""
@@ -132,11 +135,13 @@ class ReplyMemo:
             if again is not None:
                 self._misses = 0
                 return again
-        frame = build_req_call_rewrite(req_id, None, headers, args, [], None)
+        frame = build_req_call_rewrite(req_id, None, headers, args, _NO_PAIRS, None)
         misses = self._misses
-        if misses < GIVE_UP and len(frame) <= KEEP_MAX:
-            self._misses = misses + 1
-            self._last = _Last(frame, rewrite_id_at(headers, args), kept(headers), kept(args))
-        else:
-            self._last = None
+        if misses < GIVE_UP:  # after that, nothing is kept, compared or copied
+            misses += 1
+            self._misses = misses
+            if misses < GIVE_UP and len(frame) <= KEEP_MAX:
+                self._last = _Last(frame, rewrite_id_at(headers, args), kept(headers), kept(args))
+            else:
+                self._last = None
         return frame
