@@ -12,6 +12,7 @@ the benchmarks check before timing anything.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -258,9 +259,22 @@ def plugin_stop(request: NaiveRequest, response: NaiveResponse) -> None:
     response.status, response.body = 200, b"hello"
 
 
+# bench-rewrite's values count its calls (bench/plugins/rewrite_dynamic.py); so
+# do these, from their own count (restart_counts sets both back to 1).
+REWRITE_CALLS = itertools.count(1)
+
+
+def restart_counts(plugin_module: Any) -> None:
+    """bench-rewrite's count and this one's start again at 1: the two replies
+    to the same call carry the same values."""
+    global REWRITE_CALLS
+    REWRITE_CALLS = itertools.count(1)
+    plugin_module._CALLS = itertools.count(1)
+
+
 def plugin_rewrite(request: NaiveRequest, response: NaiveResponse) -> None:
     """What bench/plugins/rewrite_dynamic.py does, on the eager request."""
-    rid = str(request.id)
+    rid = str(next(REWRITE_CALLS))
     request.changed_headers["x-request-path"] = request.path
     request.changed_headers["x-runner-request"] = "r-" + rid
     request.changed_args["rid"] = rid

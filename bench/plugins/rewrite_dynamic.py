@@ -24,7 +24,6 @@ import msgspec
 
 from runner import Plugin, Request, Response
 
-
 _CALLS = itertools.count(1)
 
 
