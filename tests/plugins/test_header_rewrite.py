@@ -113,3 +113,38 @@ def test_real_runner_rewrites_and_rejects_bad_config(runner_factory: RunnerFacto
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
     assert "add_headers: 'a b' is not a valid header name" in running.log_text()
+
+
+def test_each_call_gets_its_own_id_when_the_rewrite_repeats(
+    runner_factory: RunnerFactory,
+) -> None:
+    # The route's Rewrite is the same on every call, so the runner answers it
+    # from the route's last one (runner/proto/replymemo.py): each reply must
+    # still carry its own call's id, on each of two routes taken in turn.
+    running = runner_factory()
+    confs = {
+        "a": '{"add_headers": {"X-Route": "a"}, "remove_headers": ["X-Debug"]}',
+        "b": '{"add_headers": {"X-Route": "b", "X-B": "1"}}',
+    }
+
+    async def scenario() -> None:
+        async with await running.client() as apisix:
+            tokens = {
+                name: await apisix.prepare_conf([(NAME, conf)], key=f"route#{name}")
+                for name, conf in confs.items()
+            }
+            for req_id in range(1, 41):
+                name = "ab"[req_id % 3 == 0]
+                request = HTTPRequest(id=req_id * 7919, headers=[("x-debug", "1")])
+                result = await apisix.call(tokens[name], request)
+                assert result.id == req_id * 7919
+                assert isinstance(result.action, Rewrite)
+                upstream = dict(apply_rewrite(request, result.action).headers)
+                expected = (
+                    {"x-route": "a"}
+                    if name == "a"
+                    else {"x-debug": "1", "x-route": "b", "x-b": "1"}
+                )
+                assert upstream == expected, (req_id, upstream)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
