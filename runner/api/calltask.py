@@ -31,6 +31,8 @@ from asyncio import tasks
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from runner.api.stepping import BUSY, Asked, Question, Returned, step_in
 from runner.api.taskhandle import DoneCallbacks, TaskHandle, new_handle
 
@@ -84,6 +86,7 @@ class StepGuard:
         self.inline = False
 
 
+@mypyc_attr(free_list_len=1)
 class CallTask:
     __slots__ = (
         "_cancel_msg", "_cancels", "_context", "_coro", "_done", "_done_callbacks", "_error",

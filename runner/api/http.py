@@ -14,6 +14,8 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from runner.api.multidict import Args, Headers
 from runner.proto import InfoType, ReqCallView
 from runner.proto.fb import Changes, encoded
@@ -76,6 +78,7 @@ async def _cached_var(cache: dict[str, str | None], ask: Ask, name: str) -> str 
     return value
 
 
+@mypyc_attr(free_list_len=1)
 class Request:
     """The client's request as APISIX forwards it to the runner.
 
@@ -228,6 +231,7 @@ class Request:
         )
 
 
+@mypyc_attr(free_list_len=1)
 class Response:
     """The response the client gets. Setting ``status`` or ``body`` stops the
     request here (the upstream and the rest of the chain are skipped).
@@ -287,6 +291,7 @@ class Response:
         return list(h.multi_items())
 
 
+@mypyc_attr(free_list_len=1)
 class UpstreamResponse:
     """The upstream's response in the post-resp phase (``ext-plugin-post-resp``).
 

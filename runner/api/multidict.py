@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from _typeshed import SupportsKeysAndGetItem
 
@@ -261,6 +263,7 @@ class MultiDict(MutableMapping[str, str | None]):
         return self._changed
 
 
+@mypyc_attr(free_list_len=1)
 class Headers(MultiDict):
     """HTTP headers: names are case-insensitive (APISIX sends them lower-cased)."""
 
@@ -277,6 +280,7 @@ class Headers(MultiDict):
         return change_entries(self._changed, True)
 
 
+@mypyc_attr(free_list_len=1)
 class Args(MultiDict):
     """Query args: case-sensitive; a value of None is an arg given without ``=``."""
 

@@ -30,6 +30,7 @@ from typing import Any, Final, cast
 
 import librt.strings
 from librt.strings import BytesWriter, read_i16_le, read_i32_le, write_i16_le, write_i32_le
+from mypy_extensions import mypyc_attr
 
 from .chelpers import c_function
 
@@ -131,6 +132,7 @@ def _check_vtable(vt: int, vtlen: int, size: int) -> None:
         raise DecodeError(f"bad vtable size {vtlen}")
 
 
+@mypyc_attr(free_list_len=1)
 class Table:
     """A view of one table inside a received buffer. Nothing is decoded until
     a field is asked for. Hot accessors (``u32``, ``string``) are written out

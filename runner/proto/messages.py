@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from librt.strings import BytesWriter
+from mypy_extensions import mypyc_attr
 
 from .chelpers import c_function
 from .fb import (
@@ -105,6 +106,7 @@ class PrepareConfReq:
         return [(name, value or "") for name, value in self._t.text_pairs(0)]
 
 
+@mypyc_attr(free_list_len=1)
 class ReqCallView:
     """``A6.HTTPReqCall.Req``. ``id`` and ``conf_token`` are read at once (every
     call needs them); the rest only when a plugin asks."""
@@ -159,6 +161,7 @@ class ReqCallView:
         _ = (self.src_ip, self.method, self.path, self.args, self.headers)
 
 
+@mypyc_attr(free_list_len=1)
 class RespCallView:
     """``A6.HTTPRespCall.Req``: id (0), status (1), headers (2), conf_token (3)."""
 
