@@ -146,7 +146,10 @@ def _connect(path: str) -> sqlite3.Connection:
     # isolation_level=None: autocommit; transactions are explicit BEGINs.
     # timeout=0: no busy handler in SQLite, _retry_busy does the waiting.
     conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")  # per connection, not stored in the file
+    # The first statement reads the file: it waits like any other while another
+    # process holds it (workers start together; one may be recovering the WAL),
+    # or a worker dies at start-up with "database is locked".
+    _retry_busy(lambda: conn.execute("PRAGMA synchronous=OFF"))  # per connection
     return conn
 
 

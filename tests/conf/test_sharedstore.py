@@ -278,6 +278,24 @@ def test_issue_gives_up_after_the_busy_timeout(
     assert backend.issue("k", ()) != 0
 
 
+def test_opening_waits_while_another_process_holds_the_file(db: str) -> None:
+    # Workers open the store together at start-up; one that found the file
+    # held died with "database is locked" (and was respawned) before.
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    blocker.execute("PRAGMA locking_mode=EXCLUSIVE")  # readers are kept out too
+    blocker.execute("BEGIN EXCLUSIVE")
+    blocker.execute("UPDATE meta SET next_token = next_token")
+    timer = threading.Timer(0.2, blocker.close)
+    timer.start()
+    try:
+        started = time.monotonic()
+        opened = SqliteBackend(db, 60.0, 100)
+        assert time.monotonic() - started >= 0.15
+        assert opened.lookup(opened.issue("k", ())) == ("k", ())
+    finally:
+        timer.join()
+
+
 def test_opening_a_missing_store_fails(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"SqliteBackend\.create"):
         SqliteBackend(str(tmp_path / "nope.sqlite3"), TTL, 10)
