@@ -9,9 +9,10 @@ that frame with the call's own id.
 
 "The same" is decided on exact types only (dicts, lists, strs; see
 ``same_changes_py``), never on an ``__eq__`` of a plugin's making, and the memo
-keeps its own copy of the changes it was built from (``kept``). A route whose rewrites
-differ call after call stops being remembered after ``GIVE_UP`` misses in a
-row, so it pays the comparison and the copy only that many times.
+keeps its own copy of the changes it was built from (``kept``). A route whose
+rewrites differ call after call stops being remembered after ``GIVE_UP``
+misses in a row, so it pays the comparison and the copy only that many times;
+a frame over ``KEEP_MAX`` bytes is never kept.
 
 The compiled build compares and copies in C (``_textvec.c``); the pure build
 runs the Python twins below, which return the same answers.
@@ -46,14 +47,14 @@ def kept(changes: Changes) -> Kept:
     return tuple(out)
 
 
-def same_changes_py(changes: object, kept: Kept) -> bool:
+def same_changes_py(changes: object, entries: Kept) -> bool:
     """Whether a change map writes the entries kept (``_textvec.same_changes``):
     an exact dict with the same str names in the same order, each with the same
     values; one object is the same as itself (a str's text cannot change)."""
-    if type(changes) is not dict or 2 * len(changes) != len(kept):
+    if type(changes) is not dict or 2 * len(changes) != len(entries):
         return False
     for i, (name, values) in enumerate(changes.items()):
-        if not (_same_str(name, kept[2 * i]) and _same_values(values, kept[2 * i + 1])):
+        if not (_same_str(name, entries[2 * i]) and _same_values(values, entries[2 * i + 1])):
             return False
     return True
 
