@@ -64,7 +64,11 @@ _OUTCOMES: Final = dispatch.OUTCOMES
 # Final: compiled, a module attribute read per call is a dict lookup, and a
 # loop's time() a method lookup. Call deadlines are on the monotonic clock
 # (uvloop's time() is that clock, cached per loop round).
+# Python 3.11's get_running_loop() makes a getpid() system call each time:
+# a connection asks once, in connection_made, and keeps the loop (None when
+# a harness or test drives it with no loop running: its first async call asks).
 _get_running_loop: Final = asyncio.get_running_loop
+_running_loop_or_none: Final = asyncio._get_running_loop
 _TASK_CONTEXT: Final = logs.task_context
 _answer_question: Final = answer
 _copy_context: Final = copy_context
@@ -120,7 +124,7 @@ class ServerState(StepGuard):
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_deadline",
-        "_decoder", "_ends", "_expired", "_handlers", "_late", "_mark", "_metrics",
+        "_decoder", "_ends", "_expired", "_handlers", "_late", "_loop", "_mark", "_metrics",
         "_questions", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
@@ -130,6 +134,7 @@ class Connection(asyncio.BufferedProtocol):
         self._metrics = state.metrics
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._call: CallTask | None = None  # the async call in flight
         # Its id, RPC name and start (three fields, not a tuple per call).
         self._call_id = 0
@@ -167,6 +172,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same API.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = _running_loop_or_none()
         self._state.connections.add(self)
         if self._metrics is not None:
             self._metrics.connections += 1
@@ -328,7 +334,9 @@ class Connection(asyncio.BufferedProtocol):
         self._call_rpc = rpc
         self._call_t0 = t0
         self._expired = None
-        loop = _get_running_loop()
+        loop = self._loop
+        if loop is None:  # made with no loop running (a harness, a test)
+            loop = self._loop = _get_running_loop()
         context = _copy_context(self._context)
         call = self._call = CallTask(work, loop, self._ends, state, context)
         self._deadline = _monotonic() + state.call_timeout
