@@ -39,6 +39,27 @@ def test_harness_runs_every_workload() -> None:
         assert bench.replies == 3, name
 
 
+def test_harness_runs_async_calls_in_one_loop_after_another() -> None:
+    """The harness makes a connection before any loop runs and then drives it
+    in a new loop per run ("best of 5"): each call must use the loop it runs
+    in. The sleep lets the deadline sweep of the first loop run and stop, so
+    that the second loop's first call arms it again, on its own loop."""
+    import asyncio
+
+    import uvloop
+
+    bench = harness.InProcess(harness.WORKLOADS["var-stop"])
+    sweep = bench.conn._state.sweep_interval  # type: ignore[union-attr]
+
+    async def calls_then_idle() -> None:
+        await bench.run_async(3)
+        await asyncio.sleep(sweep * 3)
+
+    for _ in range(2):
+        uvloop.run(calls_then_idle())
+    assert bench.replies == 6
+
+
 def test_harness_runs_the_floor_references() -> None:
     # The bare loop fed like the runner: a Stop per call, and for floor-var
     # an ExtraInfo question answered first (icount's floor rows).

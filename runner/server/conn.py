@@ -66,7 +66,8 @@ _OUTCOMES: Final = dispatch.OUTCOMES
 # (uvloop's time() is that clock, cached per loop round).
 # Python 3.11's get_running_loop() makes a getpid() system call each time:
 # a connection asks once, in connection_made, and keeps the loop (None when
-# a harness or test drives it with no loop running: its first async call asks).
+# a harness or test makes it with no loop running: then each async call asks,
+# as such a driver may run it in one loop after another).
 _get_running_loop: Final = asyncio.get_running_loop
 _running_loop_or_none: Final = asyncio._get_running_loop
 _TASK_CONTEXT: Final = logs.task_context
@@ -335,8 +336,8 @@ class Connection(asyncio.BufferedProtocol):
         self._call_t0 = t0
         self._expired = None
         loop = self._loop
-        if loop is None:  # made with no loop running (a harness, a test)
-            loop = self._loop = _get_running_loop()
+        if loop is None:  # made with no loop running (a harness, a test): ask each time
+            loop = _get_running_loop()
         context = _copy_context(self._context)
         call = self._call = CallTask(work, loop, self._ends, state, context)
         self._deadline = _monotonic() + state.call_timeout
