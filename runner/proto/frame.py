@@ -144,16 +144,21 @@ class FrameDecoder:
             self.frame_type = self._big_type
             return memoryview(big)
         start = self._start
+        end = self._end
+        if end - start < HEADER_SIZE:
+            # The usual end of a read: every frame taken. No call, and no end
+            # boxed into an int object for it (one allocation per read).
+            return None
         buf = self._buf
-        payload = _CUT(buf, start, self._end)
+        payload = _CUT(buf, start, end)
         if payload is not None:
             self._start = start + HEADER_SIZE + len(payload)
             self.frame_type = buf[start]
             return payload
-        if self._end - start >= HEADER_SIZE:
-            length = buf[start + 1] << 16 | buf[start + 2] << 8 | buf[start + 3]
-            if HEADER_SIZE + length > len(buf):
-                self._start_big(buf[start], length)
+        # A whole header, not the whole frame: one larger than the buffer gets its own.
+        length = buf[start + 1] << 16 | buf[start + 2] << 8 | buf[start + 3]
+        if HEADER_SIZE + length > len(buf):
+            self._start_big(buf[start], length)
         return None
 
     def pending(self) -> int:
