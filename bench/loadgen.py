@@ -116,6 +116,9 @@ class Result:
     requests_per_s: float
     latency_us: dict[str, float]  # p50, p90, p99, max, mean
     runner_cpu_us_per_req: float | None
+    # Its user-space part (the rest is the kernel's: the socket I/O, wake-ups):
+    # what the runner's own code costs, where the total also moves with the peer.
+    runner_user_us_per_req: float | None
     loadgen_cpu_us_per_req: float | None
     runner_cpu_cores: float | None  # average busy cores during the window
     errors: dict[str, int]
@@ -305,13 +308,14 @@ def descendants(roots: tuple[int, ...] | list[int]) -> list[int]:
     return sorted(found)
 
 
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    """utime + stime (clock ticks) of each pid still alive."""
+def cpu_ticks(pids: list[int], system: bool = True) -> dict[int, int]:
+    """utime + stime (clock ticks) of each pid still alive; utime alone
+    without ``system``."""
     ticks = {}
     for pid in pids:
         fields = _proc_stat_fields(pid)
         if fields is not None:
-            ticks[pid] = int(fields[11]) + int(fields[12])
+            ticks[pid] = int(fields[11]) + (int(fields[12]) if system else 0)
     return ticks
 
 
@@ -811,6 +815,7 @@ class Window:
 
     runner_pids: list[int]
     runner_s: float = 0.0
+    runner_user_s: float = 0.0
     loadgen_s: float = 0.0
     wall_s: float = 0.0
 
@@ -826,17 +831,17 @@ def _measure(opts: Options, children: list[Child], root_pids: tuple[int, ...]) -
     progress.start_window()
     window = Window(descendants(root_pids) if root_pids else [])
     client_pids = [c.process.pid for c in children if c.process.pid is not None]
-    t0, r0, l0 = time.monotonic(), cpu_ticks(window.runner_pids), cpu_ticks(client_pids)
+    pids = window.runner_pids
+    t0 = time.monotonic()
+    r0, u0, l0 = cpu_ticks(pids), cpu_ticks(pids, system=False), cpu_ticks(client_pids)
     progress.wait_until(begin + opts.warmup + opts.duration)
-    t1, r1, l1 = time.monotonic(), cpu_ticks(window.runner_pids), cpu_ticks(client_pids)
+    t1 = time.monotonic()
+    r1, u1, l1 = cpu_ticks(pids), cpu_ticks(pids, system=False), cpu_ticks(client_pids)
     progress.clear()
     if lost := sorted(set(r0) - set(r1)):
         print(f"loadgen: runner pids {lost} exited; their CPU is not counted", file=sys.stderr)
-    window.runner_s, window.loadgen_s, window.wall_s = (
-        cpu_seconds(r0, r1),
-        cpu_seconds(l0, l1),
-        t1 - t0,
-    )
+    window.runner_s, window.runner_user_s = cpu_seconds(r0, r1), cpu_seconds(u0, u1)
+    window.loadgen_s, window.wall_s = cpu_seconds(l0, l1), t1 - t0
     return window
 
 
@@ -871,6 +876,7 @@ def _summarize(opts: Options, window: Window, results: list[dict[str, Any]]) -> 
         requests_per_s=n / opts.duration,
         latency_us=latency,
         runner_cpu_us_per_req=per_req(window.runner_s) if measured else None,
+        runner_user_us_per_req=per_req(window.runner_user_s) if measured else None,
         loadgen_cpu_us_per_req=per_req(window.loadgen_s),
         runner_cpu_cores=window.runner_s / window.wall_s if measured and window.wall_s else None,
         errors=dict(sorted(errors.items())),
@@ -925,6 +931,7 @@ def format_table(r: Result) -> str:
         ("connections", f"{r.connections} ({r.processes} client processes)"),
         *((f"latency {k}", us(v)) for k, v in r.latency_us.items()),
         ("runner CPU/req", us(r.runner_cpu_us_per_req) + cores),
+        ("  of it user", us(r.runner_user_us_per_req)),
         ("loadgen CPU/req", us(r.loadgen_cpu_us_per_req)),
         ("runner pids", " ".join(map(str, r.runner_pids)) or "not measured"),
         ("errors", errors),
@@ -1287,6 +1294,7 @@ def _row_json(row: Row) -> dict[str, Any]:
         "passed": row.passed,
         "median": {
             "runner_cpu_us_per_req": row.median(_cpu),
+            "runner_user_us_per_req": row.median(lambda r: r.runner_user_us_per_req),
             "requests_per_s": row.median(lambda r: r.requests_per_s),
             "p50_us": row.median(lambda r: r.latency_us["p50"]),
             "p99_us": row.median(lambda r: r.latency_us["p99"]),
@@ -1308,8 +1316,8 @@ def format_suite(data: dict[str, Any]) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     lines = [
-        "| workload | target | runner CPU us/req (runs) | median | req/s | p50 us | p99 us "
-        "| runner cores | result |",
+        "| workload | target | runner CPU us/req (runs) | median (its user part) | req/s | p50 us "
+        "| p99 us | runner cores | result |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in [*data["rows"], *data["floors"]]:
@@ -1322,6 +1330,8 @@ def format_suite(data: dict[str, Any]) -> str:
             shown += f" (p99/p50 {num(ratio, '.2f')})"
         elif row.get("floor_ratio") is not None:
             shown += f" ({row['floor_ratio']:.2f}x)"
+        if (user := m.get("runner_user_us_per_req")) is not None:
+            shown += f", user {user:.2f}"
         errors = sum(sum(r["errors"].values()) for r in row["runs"])
         what = row["what"] + (f" ({errors} errors)" if errors else "")
         lines.append(

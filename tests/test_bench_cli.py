@@ -49,6 +49,7 @@ def _fake_result() -> loadgen.Result:
         requests_per_s=100.0,
         latency_us={"p50": 50.0, "p90": 80.0, "p99": 90.0, "max": 99.0, "mean": 60.0},
         runner_cpu_us_per_req=5.0,
+        runner_user_us_per_req=2.0,
         loadgen_cpu_us_per_req=4.0,
         runner_cpu_cores=0.5,
         errors={},

@@ -96,6 +96,21 @@ def test_pin_gives_the_runner_its_workers_cpus_and_the_clients_the_rest(
         loadgen.parse_args(["--pin", "--workers", "4"])
 
 
+def test_loadgen_measures_the_runners_user_time_within_its_cpu_time() -> None:
+    """A short real run: the runner's CPU per request and its user-space part,
+    both measured (a runner that answered 1 s of calls used some of each), the
+    part smaller than the whole (each call's read and write are the kernel's)."""
+    opts, _, _ = loadgen.parse_args(
+        ["--workload", "stop", "--duration", "1", "--warmup", "0.3", "--connections", "2"]
+    )
+    result = loadgen.run(opts)
+    assert result.requests > 0 and not result.errors, result
+    cpu, user = result.runner_cpu_us_per_req, result.runner_user_us_per_req
+    assert cpu is not None and user is not None, result
+    assert 0 < user < cpu, result  # the socket I/O is the kernel's: never all user
+    assert "of it user" in loadgen.format_table(result)
+
+
 def test_loadgen_rejects_unknown_workloads() -> None:
     with pytest.raises(SystemExit):
         loadgen.parse_args(["--suite", "--only", "nope"])
