@@ -308,15 +308,21 @@ def descendants(roots: tuple[int, ...] | list[int]) -> list[int]:
     return sorted(found)
 
 
-def cpu_ticks(pids: list[int], system: bool = True) -> dict[int, int]:
-    """utime + stime (clock ticks) of each pid still alive; utime alone
-    without ``system``."""
-    ticks = {}
+def cpu_and_user_ticks(pids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """utime + stime, and utime alone (clock ticks), of each pid still alive:
+    one read of each /proc/<pid>/stat, so both are of the same moment."""
+    cpu, user = {}, {}
     for pid in pids:
         fields = _proc_stat_fields(pid)
         if fields is not None:
-            ticks[pid] = int(fields[11]) + (int(fields[12]) if system else 0)
-    return ticks
+            user[pid] = int(fields[11])
+            cpu[pid] = user[pid] + int(fields[12])
+    return cpu, user
+
+
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """utime + stime (clock ticks) of each pid still alive."""
+    return cpu_and_user_ticks(pids)[0]
 
 
 def cpu_ns(pids: list[int]) -> int:
@@ -832,11 +838,9 @@ def _measure(opts: Options, children: list[Child], root_pids: tuple[int, ...]) -
     window = Window(descendants(root_pids) if root_pids else [])
     client_pids = [c.process.pid for c in children if c.process.pid is not None]
     pids = window.runner_pids
-    t0 = time.monotonic()
-    r0, u0, l0 = cpu_ticks(pids), cpu_ticks(pids, system=False), cpu_ticks(client_pids)
+    t0, (r0, u0), l0 = time.monotonic(), cpu_and_user_ticks(pids), cpu_ticks(client_pids)
     progress.wait_until(begin + opts.warmup + opts.duration)
-    t1 = time.monotonic()
-    r1, u1, l1 = cpu_ticks(pids), cpu_ticks(pids, system=False), cpu_ticks(client_pids)
+    t1, (r1, u1), l1 = time.monotonic(), cpu_and_user_ticks(pids), cpu_ticks(client_pids)
     progress.clear()
     if lost := sorted(set(r0) - set(r1)):
         print(f"loadgen: runner pids {lost} exited; their CPU is not counted", file=sys.stderr)
