@@ -22,6 +22,15 @@ HOTPATH = runpy.run_path(os.path.join("runner", "hotpath.py"))
 GROUP = "runner_hotpath"  # the shared library: runner_hotpath__mypyc.<abi>.so
 
 
+# mypyc emits one C file for the whole group, its functions and runtime
+# included, but none of them static: under -fPIC, each call from one to
+# another goes through the PLT and none is inlined, since another library
+# could interpose the symbol. Hidden, they are called directly and inlined
+# where small (the modules export only PyInit_*, marked visible by Python.h;
+# mypyc hands everything else over in capsules).
+LOCAL_CALLS = ["-fvisibility=hidden"]
+
+
 def note(message: str) -> None:
     print(f"apisix-runner build: {message}", file=sys.stderr)
 
@@ -75,15 +84,15 @@ def compiled_extensions() -> list[Any]:
             Extension(name, [path], extra_compile_args=["-O3"])
             for name, path in zip(HOTPATH["C_HELPERS"], HOTPATH["helper_paths"](), strict=True)
         ]
-        return [
-            *mypycify(
-                [*options, *HOTPATH["module_paths"]()],
-                opt_level="3",
-                debug_level="0",
-                group_name=GROUP,
-            ),
-            *helpers,
-        ]
+        compiled = mypycify(
+            [*options, *HOTPATH["module_paths"]()],
+            opt_level="3",
+            debug_level="0",
+            group_name=GROUP,
+        )
+        for ext in compiled:
+            ext.extra_compile_args = [*ext.extra_compile_args, *LOCAL_CALLS]
+        return [*compiled, *helpers]
     except (Exception, SystemExit) as exc:  # mypyc reports type errors by exiting
         note(f"mypyc could not compile the hot path ({exc!r}); installing the pure-Python build")
         remove_stale_builds()
