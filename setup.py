@@ -28,7 +28,10 @@ GROUP = "runner_hotpath"  # the shared library: runner_hotpath__mypyc.<abi>.so
 # could interpose the symbol. Hidden, they are called directly and inlined
 # where small (the modules export only PyInit_*, marked visible by Python.h;
 # mypyc hands everything else over in capsules).
-LOCAL_CALLS = ["-fvisibility=hidden"]
+# runner/_cold.h declares mypyc's error reporters cold, so each function's
+# error blocks move out of its hot body (see the header).
+COLD_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner", "_cold.h")
+LOCAL_CALLS = ["-fvisibility=hidden", "-include", COLD_HEADER]
 
 
 def note(message: str) -> None:
