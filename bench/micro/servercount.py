@@ -1,0 +1,191 @@
+"""Instructions per call of the real server: a worker under load, under callgrind.
+
+``bench.micro.icount`` counts the in-process harness, whose own Python (a
+fake transport, the loop's plumbing) is in both rows of every ratio; for a
+workload that waits on ExtraInfo, that share is large enough to hide a gap.
+This counts the real thing instead: ``python -m runner start --workers 1``
+(or the bare-loop floor, ``bench.fake_runner``) under ``valgrind
+--tool=callgrind``, loaded by the load generator over its Unix socket, with
+instrumentation switched on only for a window in the middle of the run.
+Every instruction the worker process executes in user space in that window
+counts: uvloop, the runner, the interpreter, libc, the watchdog thread.
+
+Calls are counted from the worker's own ``write`` calls: each call writes
+its reply plus one frame per ExtraInfo question (one ``write`` per frame,
+as uvloop writes each frame at once when the socket takes it).
+
+    python -m bench.micro.servercount WORKLOAD [WORKLOAD ...] [--window 6]
+    python -m bench.micro.servercount --suite   # the target table, in instructions
+
+The workloads are the load generator's (bench/loadgen.py) and its floors
+(``floor-stop``, ``floor-var``). Under valgrind the worker runs ~50 times
+slower, so the load generator keeps it saturated with 16 connections; what
+the count leaves out is the kernel's share (the socket I/O) and everything
+that makes one instruction cost more than another (cache misses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import loadgen
+from bench.micro.icount import parse_annotate, suite_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR_VARS = {"floor-stop": None, "floor-var": "remote_addr"}
+# ExtraInfo questions per call: each is one more frame the worker writes.
+QUESTIONS = {"var-stop": 1, "floor-var": 1}
+WRITE = re.compile(r"^(__GI___libc_write|write|__libc_write)$")
+
+
+@dataclass(frozen=True)
+class Count:
+    workload: str
+    calls: int
+    instructions: int
+
+    @property
+    def per_call(self) -> float:
+        return self.instructions / self.calls
+
+
+def call_counts(path: Path, wanted: re.Pattern[str]) -> int:
+    """How many calls a callgrind output file records to functions whose
+    name matches ``wanted`` (from every caller; names are compressed to
+    ``(id)`` after their first use, which this resolves)."""
+    names: dict[str, str] = {}
+    total = 0
+    target: str | None = None
+    for line in path.read_text().splitlines():
+        m = re.match(r"c?fn=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            target = names.get(m.group(1), "") if line.startswith("cfn=") else None
+        elif line.startswith("calls=") and target is not None:
+            if wanted.match(target):
+                total += int(line[6:].split()[0])
+            target = None
+    return total
+
+
+def total_instructions(path: Path) -> int:
+    argv = ["callgrind_annotate", "--threshold=100", "--auto=no", str(path)]
+    text = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return parse_annotate(text)["PROGRAM TOTALS"]
+
+
+@contextlib.contextmanager
+def _server(workload: str, tmp: str) -> Iterator[tuple[str, int, int]]:
+    """The runner (or the floor) under callgrind: (socket, root pid, worker pid)."""
+    sock = os.path.join(tmp, "s.sock")
+    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+          f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
+    env = dict(os.environ)
+    if workload in FLOOR_VARS:
+        var = FLOOR_VARS[workload]
+        cmd = [*vg, sys.executable, "-m", "bench.fake_runner", sock]
+        cmd += ["--extra-var", var] if var else []
+    else:
+        config = os.path.join(tmp, "config.yaml")
+        with open(config, "w") as f:
+            f.write(json.dumps(loadgen.runner_config(None, (loadgen.BENCH_PLUGINS,))) + "\n")
+        cmd = [*vg, sys.executable, "-m", "runner", "start", "--workers", "1",
+               "--config", config, "--foreground"]  # fmt: skip
+        env["APISIX_LISTEN_ADDRESS"] = f"unix:{sock}"
+    log_path = os.path.join(tmp, "server.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        loadgen._wait_for_socket(sock, proc, log_path)
+        time.sleep(1.0)  # the worker's own start-up, slow under valgrind
+        worker = max(loadgen.descendants([proc.pid]))  # itself, for the floor
+        yield sock, proc.pid, worker
+    finally:
+        loadgen._stop_group(proc)
+
+
+def _window(worker: int, start: float, length: float) -> None:
+    """Instrument ``worker`` for ``length`` seconds after ``start``, then dump."""
+    time.sleep(start)
+    control = ["callgrind_control"]
+    subprocess.run([*control, "-i", "on", str(worker)], check=True, capture_output=True)
+    time.sleep(length)
+    subprocess.run([*control, "-d", str(worker)], check=True, capture_output=True)
+    subprocess.run([*control, "-i", "off", str(worker)], check=True, capture_output=True)
+
+
+def count(workload: str, window: float) -> Count:
+    """Instructions per call of ``workload`` (a load generator workload or a floor)."""
+    conf = loadgen.WORKLOADS["var-stop" if workload == "floor-var" else "stop"].conf
+    if workload in loadgen.WORKLOADS:
+        conf = loadgen.WORKLOADS[workload].conf
+    with tempfile.TemporaryDirectory(prefix="servercount-") as tmp:
+        with _server(workload, tmp) as (sock, root, worker):
+            warmup = 2.0
+            opts = loadgen.Options(socket=sock, pids=(root,), conf=conf, connections=16,
+                                   duration=window + 2.0, warmup=warmup,
+                                   variables=loadgen.SUITE_VARS)  # fmt: skip
+            # The window opens once the clients are connected and warm.
+            timer = threading.Thread(target=_window, args=(worker, warmup + 1.5, window))
+            timer.start()
+            loadgen.run(opts)
+            timer.join()
+        dump = Path(tmp, f"cg.{worker}.1")  # the window's (cg.<pid> is written at exit)
+        if not dump.exists():
+            raise RuntimeError(f"{workload}: callgrind wrote no dump for worker {worker}")
+        writes = call_counts(dump, WRITE)
+        calls = writes // (1 + QUESTIONS.get(workload, 0))
+        if calls == 0:
+            raise RuntimeError(f"{workload}: no call was answered in the window")
+        return Count(workload, calls, total_instructions(dump))
+
+
+def suite_workloads() -> list[str]:
+    """The workloads the target table judges against a floor, then those floors."""
+    targets = {n: w.floor_target for n, w in loadgen.WORKLOADS.items() if w.floor_target}
+    return [*targets, *sorted({floor for floor, _ in targets.values()})]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    known = sorted([*loadgen.WORKLOADS, *FLOOR_VARS])
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=", ".join(known))
+    p.add_argument("--suite", action="store_true", help="the target table, in instructions")
+    p.add_argument("--window", type=float, default=6.0, help="seconds instrumented per run")
+    a = p.parse_args(argv)
+    if not a.suite and not a.workloads:
+        p.error("name at least one WORKLOAD, or --suite")
+    if unknown := sorted(set(a.workloads) - set(known)):
+        p.error(f"unknown workloads {unknown}; known: {', '.join(known)}")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    names = suite_workloads() if a.suite else list(a.workloads)
+    counts: dict[str, float] = {}
+    for name in names:
+        c = count(name, a.window)
+        counts[name] = c.per_call
+        print(f"{name}: {c.per_call:,.0f} instructions per call ({c.calls:,} calls counted)",
+              flush=True)  # fmt: skip
+    if a.suite:
+        print("\n".join(suite_rows(counts)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
