@@ -136,6 +136,24 @@ def measure(workload: str, calls: int, top: int) -> list[str]:
     return lines
 
 
+def check_workloads(
+    p: argparse.ArgumentParser, workloads: list[str], suite: bool, known: list[str]
+) -> None:
+    """Exit with a usage error unless the command line names known workloads or --suite."""
+    if not suite and not workloads:
+        p.error("name at least one WORKLOAD, or --suite")
+    if unknown := sorted(set(workloads) - set(known)):
+        p.error(f"unknown workloads {unknown}; known: {', '.join(known)}")
+
+
+def valgrind_missing(tool: str) -> bool:
+    """Say so on stderr if valgrind or its ``tool`` is not installed."""
+    if shutil.which("valgrind") is None or shutil.which(tool) is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     known = sorted([*WORKLOADS, *FLOORS])
@@ -147,12 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.calls < 2000:
         p.error("--calls must be at least 2000 (the harness warms up with 2000 calls)")
-    if not a.suite and not a.workloads:
-        p.error("name at least one WORKLOAD, or --suite")
-    if unknown := sorted(set(a.workloads) - set(known)):
-        p.error(f"unknown workloads {unknown}; known: {', '.join(known)}")
-    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
-        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+    check_workloads(p, a.workloads, a.suite, known)
+    if valgrind_missing("callgrind_annotate"):
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in both runs
     if a.suite:

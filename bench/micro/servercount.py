@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen
-from bench.micro.icount import parse_annotate, suite_rows
+from bench.micro.icount import check_workloads, parse_annotate, suite_rows, valgrind_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR_VARS = {"floor-stop": None, "floor-var": "remote_addr"}
@@ -168,12 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--suite", action="store_true", help="the target table, in instructions")
     p.add_argument("--window", type=float, default=6.0, help="seconds instrumented per run")
     a = p.parse_args(argv)
-    if not a.suite and not a.workloads:
-        p.error("name at least one WORKLOAD, or --suite")
-    if unknown := sorted(set(a.workloads) - set(known)):
-        p.error(f"unknown workloads {unknown}; known: {', '.join(known)}")
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+    check_workloads(p, a.workloads, a.suite, known)
+    if valgrind_missing("callgrind_control"):
         return 2
     names = suite_workloads() if a.suite else list(a.workloads)
     counts: dict[str, float] = {}
