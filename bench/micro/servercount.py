@@ -130,15 +130,18 @@ def _window(worker: int, start: float, length: float) -> None:
 
 def count(workload: str, window: float) -> Count:
     """Instructions per call of ``workload`` (a load generator workload or a floor)."""
-    conf = loadgen.WORKLOADS["var-stop" if workload == "floor-var" else "stop"].conf
-    if workload in loadgen.WORKLOADS:
-        conf = loadgen.WORKLOADS[workload].conf
+    # A floor answers any route; it is loaded as the workload it is the floor of.
+    spec = (
+        loadgen.WORKLOADS.get(workload)
+        or loadgen.WORKLOADS["var-stop" if workload == "floor-var" else "stop"]
+    )
     with tempfile.TemporaryDirectory(prefix="servercount-") as tmp:
         with _server(workload, tmp) as (sock, root, worker):
             warmup = 2.0
-            opts = loadgen.Options(socket=sock, pids=(root,), conf=conf, connections=16,
-                                   duration=window + 2.0, warmup=warmup,
-                                   variables=loadgen.SUITE_VARS)  # fmt: skip
+            opts = loadgen.Options(
+                socket=sock, pids=(root,), conf=spec.conf, connections=spec.connections,
+                duration=window + 2.0, warmup=warmup, variables=loadgen.SUITE_VARS,
+            )  # fmt: skip
             # The window opens once the clients are connected and warm.
             timer = threading.Thread(target=_window, args=(worker, warmup + 1.5, window))
             timer.start()
