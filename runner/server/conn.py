@@ -126,7 +126,7 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_deadline",
         "_decoder", "_ends", "_expired", "_handlers", "_late", "_loop", "_mark", "_metrics",
-        "_questions", "_state", "_store", "_transport", "reads",
+        "_questions", "_send", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
@@ -135,6 +135,10 @@ class Connection(asyncio.BufferedProtocol):
         self._metrics = state.metrics
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
+        # The transport's write, bound once in connection_made: compiled, a
+        # call through `self._transport.write` looks the method up by name
+        # each time (~150 instructions a frame).
+        self._send: Callable[[bytes | bytearray], object] = _unsent
         self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._call: CallTask | None = None  # the async call in flight
         # Its id, RPC name and start (three fields, not a tuple per call).
@@ -173,6 +177,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same API.
         self._transport = cast(asyncio.Transport, transport)
+        self._send = self._transport.write
         self._loop = _running_loop_or_none()
         self._state.connections.add(self)
         if self._metrics is not None:
@@ -214,6 +219,7 @@ class Connection(asyncio.BufferedProtocol):
         self._handlers = {}
         self._ask_fn = _closed_ask
         self._ends = _NO_CALLS
+        self._send = _unsent  # the bound write holds the transport, which holds us
         self._state.connections.discard(self)
         if self._metrics is not None:
             self._metrics.connections -= 1
@@ -231,12 +237,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def _write(self, frame: bytes | bytearray) -> None:
         if self._transport is not None:
-            self._transport.write(frame)
+            self._send(frame)
 
     def _reply(self, rpc: str, frame: bytes | bytearray, t0: float) -> None:
         """Write a call's final frame; with metrics on, count it by outcome."""
         if self._transport is not None:
-            self._transport.write(frame)
+            self._send(frame)
         metrics = self._metrics
         if metrics is not None:
             seconds = perf_counter() - t0
@@ -303,7 +309,7 @@ class Connection(asyncio.BufferedProtocol):
                 frame = dispatch.failure_frame(err, f"request {view.id}", chain.key)
             state.inline = False
             if self._metrics is None and self._transport is not None:
-                self._transport.write(frame)  # _reply without metrics: a call less
+                self._send(frame)  # _reply without metrics: a call less
             else:
                 self._reply(REQ_CALL, frame, t0)
 
@@ -452,6 +458,11 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _unsent(frame: bytes | bytearray) -> None:
+    """A connection's write before it has a transport and after it lost it
+    (every write checks for the transport first: never called then)."""
 
 
 def _closed_ask(info_type: int, name: str | None) -> Asked:
