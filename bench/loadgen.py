@@ -415,14 +415,16 @@ def managed_runner(
     plugin_dirs: tuple[str, ...] = (),
     base_config: str | None = None,
     cpus: tuple[int, ...] = (),
+    wrapper: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, int]]:
-    """Start `python -m runner start` (on ``cpus``, if any); yields (socket path, pid)."""
+    """Start `python -m runner start` (on ``cpus``, if any, under the
+    ``wrapper`` command, e.g. valgrind, if any); yields (socket path, pid)."""
     tmp = tempfile.mkdtemp(prefix="lg-", dir="/tmp")
     sock, log_path = os.path.join(tmp, "r.sock"), os.path.join(tmp, "runner.log")
     config = os.path.join(tmp, "config.yaml")
     with open(config, "w") as f:
         f.write(json.dumps(runner_config(base_config, plugin_dirs)) + "\n")  # JSON is YAML
-    cmd = [sys.executable, "-m", "runner", "start", "--workers", str(workers)]
+    cmd = [*wrapper, sys.executable, "-m", "runner", "start", "--workers", str(workers)]
     cmd += ["--config", config, "--foreground"]
     env = {**os.environ, "APISIX_LISTEN_ADDRESS": f"unix:{sock}"}
     with open(log_path, "wb") as log:
@@ -1097,12 +1099,15 @@ def rss_mib(pid: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def fake_runner(extra_var: str | None, cpus: tuple[int, ...] = ()) -> Iterator[tuple[str, int]]:
+def fake_runner(
+    extra_var: str | None, cpus: tuple[int, ...] = (), wrapper: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
     """`python -m bench.fake_runner` (the floor: a bare uvloop server answering
-    precomputed frames), on ``cpus`` if any; yields (socket path, pid)."""
+    precomputed frames), on ``cpus`` and under ``wrapper`` as managed_runner;
+    yields (socket path, pid)."""
     tmp = tempfile.mkdtemp(prefix="lg-fake-", dir="/tmp")
     sock, log_path = os.path.join(tmp, "f.sock"), os.path.join(tmp, "fake.log")
-    cmd = [sys.executable, "-m", "bench.fake_runner", sock]
+    cmd = [*wrapper, sys.executable, "-m", "bench.fake_runner", sock]
     if extra_var:
         cmd += ["--extra-var", extra_var]
     with open(log_path, "wb") as log:

@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,7 +40,6 @@ from pathlib import Path
 from bench import loadgen
 from bench.micro.icount import check_workloads, parse_annotate, suite_rows, valgrind_missing
 
-ROOT = Path(__file__).resolve().parents[2]
 FLOOR_VARS = {"floor-stop": None, "floor-var": "remote_addr"}
 # ExtraInfo questions per call: each is one more frame the worker writes.
 QUESTIONS = {"var-stop": 1, "floor-var": 1}
@@ -89,33 +85,18 @@ def total_instructions(path: Path) -> int:
 
 @contextlib.contextmanager
 def _server(workload: str, tmp: str) -> Iterator[tuple[str, int, int]]:
-    """The runner (or the floor) under callgrind: (socket, root pid, worker pid)."""
-    sock = os.path.join(tmp, "s.sock")
-    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
-          f"--callgrind-out-file={tmp}/cg.%p"]  # fmt: skip
-    env = dict(os.environ)
+    """The runner (or the floor) under callgrind, its dumps in ``tmp``:
+    (socket, root pid, worker pid)."""
+    vg = ("valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+          f"--callgrind-out-file={tmp}/cg.%p")  # fmt: skip
     if workload in FLOOR_VARS:
-        var = FLOOR_VARS[workload]
-        cmd = [*vg, sys.executable, "-m", "bench.fake_runner", sock]
-        cmd += ["--extra-var", var] if var else []
+        server = loadgen.fake_runner(FLOOR_VARS[workload], wrapper=vg)
     else:
-        config = os.path.join(tmp, "config.yaml")
-        with open(config, "w") as f:
-            f.write(json.dumps(loadgen.runner_config(None, (loadgen.BENCH_PLUGINS,))) + "\n")
-        cmd = [*vg, sys.executable, "-m", "runner", "start", "--workers", "1",
-               "--config", config, "--foreground"]  # fmt: skip
-        env["APISIX_LISTEN_ADDRESS"] = f"unix:{sock}"
-    log_path = os.path.join(tmp, "server.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    try:
-        loadgen._wait_for_socket(sock, proc, log_path)
+        server = loadgen.managed_runner(1, (loadgen.BENCH_PLUGINS,), wrapper=vg)
+    with server as (sock, root):
         time.sleep(1.0)  # the worker's own start-up, slow under valgrind
-        worker = max(loadgen.descendants([proc.pid]))  # itself, for the floor
-        yield sock, proc.pid, worker
-    finally:
-        loadgen._stop_group(proc)
+        worker = max(loadgen.descendants([root]))  # itself, for the floor
+        yield sock, root, worker
 
 
 def _window(worker: int, start: float, length: float) -> None:
