@@ -135,9 +135,10 @@ class Connection(asyncio.BufferedProtocol):
         self._metrics = state.metrics
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
-        # The transport's write, bound once in connection_made: compiled, a
-        # call through `self._transport.write` looks the method up by name
-        # each time (~150 instructions a frame).
+        # Writes a frame: the transport's write, bound once in connection_made
+        # (compiled, a call through `self._transport.write` looks the method
+        # up by name each time, ~150 instructions a frame); with no transport
+        # (before it, after connection_lost), nothing.
         self._send: Callable[[bytes | bytearray], object] = _unsent
         self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._call: CallTask | None = None  # the async call in flight
@@ -204,7 +205,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._late -= 1  # an answer to a question of a call that has ended
             else:
                 self._malformed("frame", ValueError(f"unknown frame type {rpc_type}"))
-                self._write(dispatch.ERR_BAD_REQUEST)
+                self._send(dispatch.ERR_BAD_REQUEST)
 
     def eof_received(self) -> bool:
         if self._decoder.pending():
@@ -235,14 +236,9 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- frames
 
-    def _write(self, frame: bytes | bytearray) -> None:
-        if self._transport is not None:
-            self._send(frame)
-
     def _reply(self, rpc: str, frame: bytes | bytearray, t0: float) -> None:
         """Write a call's final frame; with metrics on, count it by outcome."""
-        if self._transport is not None:
-            self._send(frame)
+        self._send(frame)
         metrics = self._metrics
         if metrics is not None:
             seconds = perf_counter() - t0
@@ -308,7 +304,7 @@ class Connection(asyncio.BufferedProtocol):
             except Exception as err:  # not `exc`: mypyc typed that name DecodeError above
                 frame = dispatch.failure_frame(err, f"request {view.id}", chain.key)
             state.inline = False
-            if self._metrics is None and self._transport is not None:
+            if self._metrics is None:
                 self._send(frame)  # _reply without metrics: a call less
             else:
                 self._reply(REQ_CALL, frame, t0)
@@ -405,7 +401,7 @@ class Connection(asyncio.BufferedProtocol):
         self._questions.append(question)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
-        self._write(build_extra_info(info_type, name))
+        self._send(build_extra_info(info_type, name))
         return question
 
     def _answer(self, rpc_type: int, payload: Payload) -> None:
@@ -461,8 +457,7 @@ class Connection(asyncio.BufferedProtocol):
 
 
 def _unsent(frame: bytes | bytearray) -> None:
-    """A connection's write before it has a transport and after it lost it
-    (every write checks for the transport first: never called then)."""
+    """A connection's write while it has no transport: the frame goes nowhere."""
 
 
 def _closed_ask(info_type: int, name: str | None) -> Asked:
