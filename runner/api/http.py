@@ -90,7 +90,7 @@ class Request:
 
     __slots__ = (
         "_args", "_ask", "_body", "_headers", "_new_body", "_new_path", "_path", "_src",
-        "_vars", "conf_token", "id",
+        "_var_name", "_var_value", "_vars", "conf_token", "id",
     )  # fmt: skip
 
     def __init__(self, source: RequestSource, ask: Ask, conf_token: int = 0) -> None:
@@ -108,6 +108,11 @@ class Request:
         self._args: Args | None = None
         self._path: str | None = None
         self._new_path: str | None = None
+        # The first variable asked, in two fields; the others in a dict.
+        # Most plugins ask one: a dict made for it per call would cost more
+        # than the lookup it saves.
+        self._var_name: str | None = None
+        self._var_value: str | None = None
         self._vars: dict[str, str | None] | None = None
         self._body: bytes | None = None
         self._new_body: bytes | None = None
@@ -175,13 +180,18 @@ class Request:
     async def var(self, name: str) -> str | None:
         """An nginx/APISIX variable (``remote_addr``, ``route_id``, ...); None if unset."""
         # _cached_var written out: a coroutine less on the way to every answer.
+        if name == self._var_name:
+            return self._var_value
         cache = self._vars
-        if cache is None:
-            cache = self._vars = {}
-        elif name in cache:
+        if cache is not None and name in cache:
             return cache[name]
         value = var_text(await self._ask(_VAR, name))
-        cache[name] = value
+        if self._var_name is None:
+            self._var_name, self._var_value = name, value
+        elif name != self._var_name:  # not asked twice at once (two awaits of one name)
+            if cache is None:
+                cache = self._vars = {}
+            cache[name] = value
         return value
 
     async def body(self) -> bytes:

@@ -92,9 +92,13 @@ class ServerState(StepGuard):
         self.idle_waiter: asyncio.Future[None] | None = None
         # Call deadlines are checked by one sweep every `sweep_interval` while
         # calls are in flight, not by a timer per call: a uvloop TimerHandle
-        # costs ~2 us to arm and cancel, a third of a whole call. A call thus
-        # ends between call_timeout and call_timeout + sweep_interval.
-        self.sweep_interval = min(0.1, call_timeout / 20)
+        # costs ~2 us to arm and cancel, a third of a whole call. Nor does a
+        # call read the clock: the first sweep after it started notes the
+        # time (the call started before it, by at most one interval while the
+        # loop keeps time), and a sweep at least call_timeout after that one
+        # ends it. A call thus ends between call_timeout and call_timeout +
+        # 2 * sweep_interval, never before.
+        self.sweep_interval = min(0.05, call_timeout / 40)
         self.sweeping = False
 
     def arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -106,7 +110,7 @@ class ServerState(StepGuard):
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = _monotonic()
         for conn in list(self.connections):
-            conn.expire_if_late(now)
+            conn.expire_if_late(now, self.call_timeout)
         self.sweeping = False
         if self.busy:
             self.arm_sweep(loop)
@@ -124,9 +128,9 @@ class ServerState(StepGuard):
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
-        "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_deadline",
-        "_decoder", "_ends", "_expired", "_handlers", "_late", "_loop", "_mark", "_metrics",
-        "_questions", "_send", "_state", "_store", "_transport", "reads",
+        "_ask_fn", "_call", "_call_id", "_call_rpc", "_call_t0", "_context", "_decoder",
+        "_ends", "_expired", "_handlers", "_late", "_loop", "_mark", "_metrics", "_question",
+        "_questions", "_seen_at", "_send", "_state", "_store", "_transport", "reads",
     )  # fmt: skip
 
     def __init__(self, state: ServerState) -> None:
@@ -146,15 +150,18 @@ class Connection(asyncio.BufferedProtocol):
         self._call_id = 0
         self._call_rpc = ""
         self._call_t0 = 0.0
-        self._deadline = 0.0  # monotonic() by which the call must end
+        self._seen_at = 0.0  # monotonic() of the first sweep that saw the call; 0: none yet
         # The call's deadline cancelled it: the plugin it was in ("" unknown).
         self._expired: str | None = None
         # Answers still due to questions of calls that ended without them
         # (a plugin's own timeout, the call deadline): APISIX answers every
         # question it read, so they arrive after the call; they are dropped.
         self._late = 0
-        # Oldest first; a list, not a deque: rarely more than one, and
-        # compiled, a list's append and pop(0) are native calls.
+        # The questions APISIX has still to answer, oldest first: the oldest
+        # in a field of its own, the others (rare) in a list. A list alone
+        # would grow and shrink its storage (an allocation and a realloc)
+        # for the one question of a usual call.
+        self._question: Asked | None = None
         self._questions: list[Asked] = []
         self.reads = 0  # reads so far: a retiring worker tells idle connections by it
         # The other frames a connection answers (buffer_updated calls
@@ -229,9 +236,10 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = None
         if self._call is not None:
             self._call.cancel()
-        for question in self._questions:
+        for question in self._unanswered():
             if not question.done():
                 question.set_exception(ConnectionError("APISIX closed the connection"))
+        self._question = None
         self._questions.clear()
 
     # -- frames
@@ -342,15 +350,20 @@ class Connection(asyncio.BufferedProtocol):
             loop = _get_running_loop()
         context = _copy_context(self._context)
         call = self._call = CallTask(work, loop, self._ends, state, context)
-        self._deadline = _monotonic() + state.call_timeout
+        self._seen_at = 0.0
         if not state.sweeping:
             state.arm_sweep(loop)
         call.start()  # runs up to the first ExtraInfo question, or to the end
 
-    def expire_if_late(self, now: float) -> None:
-        """Cancel the call in flight if its deadline passed (ServerState's sweep)."""
+    def expire_if_late(self, now: float, timeout: float) -> None:
+        """Cancel the call in flight if it has run ``timeout`` seconds since a
+        sweep first saw it (ServerState's sweep, at ``now``)."""
         call = self._call
-        if call is not None and now >= self._deadline and self._expired is None:
+        if call is None or self._expired is not None:
+            return
+        if self._seen_at == 0.0:
+            self._seen_at = now
+        elif now - self._seen_at >= timeout:
             self._expired = dispatch.running_plugin(call) or ""
             call.cancel()
 
@@ -387,10 +400,14 @@ class Connection(asyncio.BufferedProtocol):
     def _end_call(self) -> None:
         self._call = None
         self._mark.now = None
-        if self._questions:
-            self._late += len(self._questions)
+        if self._question is not None:
+            self._late += 1 + len(self._questions)
+            self._question = None
             self._questions.clear()
         self._state.call_done()
+
+    def _unanswered(self) -> list[Asked]:
+        return [] if self._question is None else [self._question, *self._questions]
 
     def _ask(self, info_type: int, name: str | None) -> Asked:
         """Send an ExtraInfo request; awaiting what this returns gives APISIX's
@@ -398,14 +415,18 @@ class Connection(asyncio.BufferedProtocol):
         if self._call is None:
             raise RuntimeError("request.var() and request.body() need an `async def filter`")
         question = self._call.question()
-        self._questions.append(question)
+        if self._question is None:
+            self._question = question
+        else:
+            self._questions.append(question)
         if self._metrics is not None:
             self._metrics.count_extra_info(info_type)
         self._send(build_extra_info(info_type, name))
         return question
 
     def _answer(self, rpc_type: int, payload: Payload) -> None:
-        if rpc_type != _EXTRA_INFO or not self._questions:
+        question = self._question
+        if rpc_type != _EXTRA_INFO or question is None:
             limited.warning(
                 f"frame type {rpc_type} arrived while a call was in flight",
                 "frame type %d arrived while a call was in flight; closing the connection",
@@ -413,7 +434,7 @@ class Connection(asyncio.BufferedProtocol):
             )  # fmt: skip
             self.close()
             return
-        question = self._questions.pop(0)
+        self._question = self._questions.pop(0) if self._questions else None
         # Not settled: cancelled (the call's deadline), and the answer is late.
         try:
             settled = _answer_question(question, extra_info_result(payload))
