@@ -350,7 +350,22 @@ def _framed(w: BytesWriter, type_hi: int, body: bytes = b"") -> bytes:
 def build_req_call_stop(
     req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
 ) -> bytes:
-    # The hottest builder.
+    # The hottest builder. Without headers (the usual Stop), the compiled
+    # build copies a template and writes its four fields in C: one
+    # allocation, where the writer below grows a buffer and copies it out.
+    if (
+        not headers and _STOP_FRAME_C is not None and 0 <= req_id <= 0xFFFFFFFF
+        and 0 <= status <= 0xFFFF and len(body) <= _STOP_BARE_BODY_MAX
+    ):  # fmt: skip
+        return _STOP_FRAME_C(_STOP_BARE, _ID_AT, _STOP_BODY_AT + 4, req_id, status, body)
+    return build_req_call_stop_py(req_id, status, headers, body)
+
+
+def build_req_call_stop_py(
+    req_id: int, status: int, headers: Sequence[tuple[str, str | None]], body: bytes
+) -> bytes:
+    """build_req_call_stop written with the writer: the pure build's, and
+    any Stop with headers."""
     w = BytesWriter()
     w.write(_STOP_HEAD)
     write_u32(w, req_id)
@@ -365,6 +380,13 @@ def build_req_call_stop(
     put_u32(w, _STOP_BODY_AT, len(w) - _STOP_BODY_AT)
     write_u32(w, len(body))
     return _framed(w, _REQ_CALL_HI, body)
+
+
+# A Stop without headers up to its body's bytes (id, status and body length
+# zero), for _textvec.stop_frame, and the largest body such a frame takes.
+_STOP_BARE: Final = build_req_call_stop_py(0, 0, (), b"")
+_STOP_BARE_BODY_MAX: Final = MAX_PAYLOAD - (len(_STOP_BARE) - HEADER_SIZE)
+_STOP_FRAME_C: Final[Callable[..., bytes] | None] = c_function(TEXTVEC_MODULE, "stop_frame")
 
 
 class _RewriteLayout(NamedTuple):
@@ -588,8 +610,14 @@ _VAR_FRAMES: Final[dict[str, bytes]] = {}
 _VAR_FRAMES_MAX: Final = 1024
 
 
+# Plain ints: compiled, `info_type == InfoType.VAR` is a generic comparison
+# with an enum member, looked up on its class each time.
+_INFO_VAR: Final = int(InfoType.VAR)
+_INFO_REQ_BODY: Final = int(InfoType.REQ_BODY)
+
+
 def build_extra_info(info_type: int, name: str | None = None) -> bytes | bytearray:
-    if info_type == InfoType.VAR:
+    if info_type == _INFO_VAR:
         name = name or ""
         frame = _VAR_FRAMES.get(name)
         if frame is None:
@@ -597,4 +625,4 @@ def build_extra_info(info_type: int, name: str | None = None) -> bytes | bytearr
             if len(_VAR_FRAMES) < _VAR_FRAMES_MAX:
                 _VAR_FRAMES[name] = frame
         return frame
-    return _EXTRA_REQ_BODY if info_type == InfoType.REQ_BODY else _EXTRA_RESP_BODY
+    return _EXTRA_REQ_BODY if info_type == _INFO_REQ_BODY else _EXTRA_RESP_BODY

@@ -50,6 +50,7 @@ def test_the_c_writers_are_installed_where_the_build_promises() -> None:
     assert (fb.text_vector is not fb.text_vector_py) == compiled
     assert (fb.changes_vector is not fb.changes_vector_py) == compiled
     assert (messages._REWRITE_FRAME_C is not None) == compiled
+    assert (messages._STOP_FRAME_C is not None) == compiled
 
 
 def _c(name: str) -> Callable[..., Any]:
@@ -93,6 +94,50 @@ def test_c_rewrite_frame_writes_what_the_python_builder_writes() -> None:
             None if rng.random() < 0.5 else bytes(rng.randrange(40)),
         )
         assert messages.build_req_call_rewrite(*call) == messages.build_req_call_rewrite_py(*call)
+
+
+def test_c_stop_frame_writes_what_the_python_builder_writes() -> None:
+    _c("stop_frame")
+    rng = random.Random(4)
+    sizes = [0, 1, 3, 4, 5, 4095, 4096, 4097, 70000]
+    for _ in range(3000):
+        req_id = rng.choice([0, 1, 2**31 - 1, 2**31, 2**32 - 1, rng.randrange(2**32)])
+        status = rng.choice([0, 200, 403, 0x7FFF, 0x8000, 0xFFFF, rng.randrange(0x10000)])
+        body = bytes(rng.randrange(256) for _ in range(rng.choice(sizes[:6]) + rng.randrange(3)))
+        expected = messages.build_req_call_stop_py(req_id, status, [], body)
+        assert messages.build_req_call_stop(req_id, status, [], body) == expected
+    for size in sizes:
+        body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        expected = messages.build_req_call_stop_py(7, 200, [], body)
+        assert messages.build_req_call_stop(7, 200, [], body) == expected
+
+
+def test_c_stop_frame_refuses_fields_out_of_range() -> None:
+    c = _c("stop_frame")
+    bare, id_at, status_at = messages._STOP_BARE, messages._ID_AT, messages._STOP_BODY_AT + 4
+    assert (
+        c(bare, id_at, status_at, 5, 200, b"x")[4:]
+        == messages.build_req_call_stop_py(5, 200, [], b"x")[4:]
+    )
+    for req_id, status in [(2**32, 200), (1, 0x10000), (1, -1)]:
+        with pytest.raises((ValueError, OverflowError)):
+            c(bare, id_at, status_at, req_id, status, b"")
+    for place in [(len(bare), status_at), (id_at, len(bare)), (0, status_at)]:
+        with pytest.raises(ValueError):
+            c(bare, *place, 1, 200, b"")
+    with pytest.raises(TypeError):
+        c(bytearray(bare), id_at, status_at, 1, 200, b"")
+    with pytest.raises(TypeError):
+        c(bare, id_at, status_at, 1, 200, "text")
+
+
+def test_a_stop_over_the_frame_limit_is_refused_by_both_builders() -> None:
+    body = bytes(messages._STOP_BARE_BODY_MAX + 1)
+    for build in (messages.build_req_call_stop, messages.build_req_call_stop_py):
+        with pytest.raises(messages.FrameTooLarge):
+            build(1, 200, [], body)
+    fits = bytes(messages._STOP_BARE_BODY_MAX)
+    assert len(messages.build_req_call_stop(1, 200, [], fits)) == messages.MAX_PAYLOAD + 4
 
 
 @pytest.mark.parametrize(
