@@ -11,20 +11,104 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stddef.h>
+#include <string.h>
 
 #define HEADER_SIZE 4
 
-/* cut_payload(buf: bytearray, start: int, end: int) -> bytes | None
+/* A connection's spare payload: the bytes object its last frame was copied
+ * into, kept to be written over by the next one once nothing else holds it.
+ * Only payloads the interpreter's small-object allocator does not serve:
+ * a payload over SPARE_MAX bytes (rare) is not kept either, so an idle
+ * connection holds at most that much.
  *
- * The payload of the frame whose header is at buf[start], copied into a new
- * bytes object, when the whole frame lies in buf[start:end]; None when fewer
- * than its 4 header bytes or not all of its payload are there yet. */
+ * Why: a payload is over the interpreter's small-object limit (512 bytes),
+ * so each one was a malloc and a free of the C library, whose code, run on
+ * every call, is some 3 KiB more that the call fetches into the CPU's
+ * instruction cache again each time (docs/architecture.md, build flags).
+ *
+ * Written over only while this object's reference is the only one: a bytes
+ * object nothing else can see. Its length is set to the new payload's (at
+ * most its first length, `cap`: the memory allocated), its cached hash reset
+ * and its NUL terminator moved. */
+#define SPARE_MAX 4096
+/* The largest payload whose bytes object is a small object (512 bytes). */
+#define SMALL_PAYLOAD ((Py_ssize_t)(512 - offsetof(PyBytesObject, ob_sval) - 1))
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes; /* NULL, or a bytes object of `cap` allocated bytes */
+    Py_ssize_t cap;
+} Spare;
+
+static void
+spare_dealloc(Spare *self)
+{
+    Py_CLEAR(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject SpareType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runner.proto._cutframe.Spare",
+    .tp_basicsize = sizeof(Spare),
+    .tp_dealloc = (destructor)spare_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_doc = "Spare() -> a connection's spare payload for cut_payload (opaque).",
+};
+
+/* The payload's bytes: the spare, written over, where it is free and large
+ * enough; else a new object, kept as the spare when small enough. */
+static PyObject *
+payload_copy(Spare *spare, const char *data, Py_ssize_t length)
+{
+    /* The interpreter's allocator serves the small ones fast (and those of
+     * length 0 and 1 are shared singletons): they neither use the spare nor
+     * take its place, so an ExtraInfo answer leaves it to the requests. */
+    if (spare == NULL || length <= SMALL_PAYLOAD || length > SPARE_MAX) {
+        return PyBytes_FromStringAndSize(data, length);
+    }
+    PyObject *b = spare->bytes;
+    if (b != NULL && Py_REFCNT(b) == 1 && length <= spare->cap) {
+        Py_SET_SIZE(b, length);
+        ((PyBytesObject *)b)->ob_shash = -1;
+        memcpy(PyBytes_AS_STRING(b), data, (size_t)length);
+        PyBytes_AS_STRING(b)[length] = '\0';
+        Py_INCREF(b);
+        return b;
+    }
+    b = PyBytes_FromStringAndSize(data, length);
+    if (b != NULL) {
+        Py_XSETREF(spare->bytes, Py_NewRef(b));
+        spare->cap = length;
+    }
+    return b;
+}
+
+/* cut_payload(buf: bytearray, start: int, end: int, spare: Spare | None = None)
+ *     -> bytes | None
+ *
+ * The payload of the frame whose header is at buf[start], copied into a
+ * bytes object (the spare's, see above, where one is given), when the whole
+ * frame lies in buf[start:end]; None when fewer than its 4 header bytes or
+ * not all of its payload are there yet. */
 static PyObject *
 cut_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "cut_payload() takes 3 arguments (%zd given)", nargs);
+    if (nargs != 3 && nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "cut_payload() takes 3 or 4 arguments (%zd given)",
+                     nargs);
         return NULL;
+    }
+    Spare *spare = NULL;
+    if (nargs == 4 && args[3] != Py_None) {
+        if (!Py_IS_TYPE(args[3], &SpareType)) {
+            PyErr_Format(PyExc_TypeError, "cut_payload() argument 4 must be Spare, not %.100s",
+                         Py_TYPE(args[3])->tp_name);
+            return NULL;
+        }
+        spare = (Spare *)args[3];
     }
     PyObject *buf = args[0];
     if (!PyByteArray_Check(buf)) {
@@ -54,7 +138,7 @@ cut_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (end - start - HEADER_SIZE < length) {
         Py_RETURN_NONE;
     }
-    return PyBytes_FromStringAndSize((const char *)head + HEADER_SIZE, length);
+    return payload_copy(spare, (const char *)head + HEADER_SIZE, length);
 }
 
 static inline Py_ssize_t
@@ -116,8 +200,8 @@ root_bytes0(PyObject *module, PyObject *data)
 
 static PyMethodDef methods[] = {
     {"cut_payload", (PyCFunction)(void (*)(void))cut_payload, METH_FASTCALL,
-     "cut_payload(buf, start, end) -> bytes | None: the frame's payload at buf[start], "
-     "once it has all arrived."},
+     "cut_payload(buf, start, end, spare=None) -> bytes | None: the frame's payload at "
+     "buf[start], once it has all arrived (in the spare's memory where it is free)."},
     {"root_bytes0", (PyCFunction)root_bytes0, METH_O,
      "root_bytes0(data) -> bytes | None | False: field 0 of the root table as bytes, None "
      "when absent, False when the buffer is malformed."},
@@ -131,5 +215,16 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__cutframe(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&SpareType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Spare", (PyObject *)&SpareType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -50,13 +50,15 @@ class FrameTooLarge(ValueError):
     """A payload that the 24-bit length field cannot carry."""
 
 
-def cut_payload(buf: bytearray, start: int, end: int) -> bytes | None:
+def cut_payload(buf: bytearray, start: int, end: int, spare: object = None) -> bytes | None:
     """The payload of the frame whose header is at ``buf[start]``, copied into
     ``bytes``, once the whole frame lies in ``buf[start:end]``; None until then.
 
     The pure build runs this; the compiled build runs the same function
     written in C (``_cutframe.c``: one copy, where this compiled costs a
-    memoryview slice, a ``tobytes()`` and four boxed byte reads)."""
+    memoryview slice, a ``tobytes()`` and four boxed byte reads). The C one
+    copies into ``spare``'s bytes object where nothing else holds it (the
+    connection's last payload, see _cutframe.c); this one has no spares."""
     if start < 0 or end < start or end > len(buf):
         raise IndexError(f"cut_payload(): [{start}:{end}] outside a {len(buf)}-byte buffer")
     if end - start < HEADER_SIZE:
@@ -69,9 +71,17 @@ def cut_payload(buf: bytearray, start: int, end: int) -> bytes | None:
 
 
 # The C frame cutter where the compiled build installed it, else the Python one.
-_CUT: Final[Callable[[bytearray, int, int], bytes | None]] = (
+_CUT: Final[Callable[[bytearray, int, int, object], bytes | None]] = (
     c_function("runner.proto._cutframe", "cut_payload") or cut_payload
 )
+
+
+def _no_spare() -> object:
+    return None
+
+
+# A decoder's spare payload (_cutframe.Spare), or None in the pure build.
+_NEW_SPARE: Final[Callable[[], object]] = c_function("runner.proto._cutframe", "Spare") or _no_spare
 
 
 def encode_header(rpc_type: int, length: int) -> bytes:
@@ -90,7 +100,8 @@ class FrameDecoder:
     buffer it was read into, which is its own and is never reused."""
 
     __slots__ = (
-        "_big", "_big_fill", "_big_type", "_buf", "_chunk", "_end", "_mv", "_start", "frame_type",
+        "_big", "_big_fill", "_big_type", "_buf", "_chunk", "_end", "_mv", "_spare", "_start",
+        "frame_type",
     )  # fmt: skip
 
     def __init__(self, chunk: int = DEFAULT_CHUNK) -> None:
@@ -103,6 +114,7 @@ class FrameDecoder:
         self._big_fill = 0
         self._big_type = 0
         self.frame_type = 0  # the type of the frame next_payload returned last
+        self._spare = _NEW_SPARE()  # where payloads are copied (see cut_payload)
 
     def get_buffer(self) -> memoryview:
         """Where the next read must go (never empty)."""
@@ -150,7 +162,7 @@ class FrameDecoder:
             # boxed into an int object for it (one allocation per read).
             return None
         buf = self._buf
-        payload = _CUT(buf, start, end)
+        payload = _CUT(buf, start, end, self._spare)
         if payload is not None:
             self._start = start + HEADER_SIZE + len(payload)
             self.frame_type = buf[start]
