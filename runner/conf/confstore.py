@@ -65,6 +65,12 @@ class ConfStore:
         self._backend = backend
         self._size = cache_size
         self._clock = clock
+        # The time get() compares with: the clock's, read on each call, until
+        # coarse_clock(); then whatever tick() read last. A worker ticks it
+        # four times a second (runner.server.worker), sparing a clock read per
+        # call; touches are a minute apart.
+        self._coarse = False
+        self._now = clock()
         self._touch_every = touch_every
         # token -> (chain, when the backend was last told of a use)
         self._lru: OrderedDict[int, tuple[Chain, float]] = OrderedDict()
@@ -102,7 +108,7 @@ class ConfStore:
             return self._load(token)
         if self.metrics is not None:
             self.metrics.conf_hits += 1
-        now = self._clock()
+        now = self._now if self._coarse else self._clock()
         if now - entry[1] > self._touch_every:
             # Tell the backend at most once a minute per token, not per call.
             self._forget_last()
@@ -116,6 +122,15 @@ class ConfStore:
             self._lru.move_to_end(token)
             self._last, self._last_entry = token, entry
         return entry[0]
+
+    def coarse_clock(self) -> None:
+        """From now on, get() reads the time tick() last read, not the clock."""
+        self._coarse = True
+        self.tick()
+
+    def tick(self) -> None:
+        """Read the clock for get() (see coarse_clock)."""
+        self._now = self._clock()
 
     def _load(self, token: int) -> Chain | None:
         found = self._backend.lookup(token)

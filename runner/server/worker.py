@@ -146,8 +146,11 @@ class Worker:
         flush_every = FLUSH_EVERY if self.metrics is not None else HOUSEKEEPING_EVERY
         flushed = asyncio.get_running_loop().time()
         asked = False
+        store = self.state.store
+        store.coarse_clock()
         while True:
             await asyncio.sleep(HOUSEKEEPING_EVERY)
+            store.tick()
             logs.flush()  # summaries of repeated log lines, even when no repeat follows
             if self.balancer is not None and self._retiring is None:
                 self.balancer.rebalance()

@@ -124,6 +124,22 @@ def test_tokens_slide_and_expire(make: Make) -> None:
     assert store.get(token) is None
 
 
+def test_a_coarse_clock_store_sees_time_pass_only_when_ticked(make: Make) -> None:
+    """A worker's store reads the time its housekeeping last read (four
+    times a second), not the clock per call: tokens still slide and expire."""
+    store, clock = make(ttl=100.0)
+    store.coarse_clock()
+    token = store.prepare("k", [])
+    for _ in range(5):  # used every 60 s, ticked in between: never expires
+        clock.now += 60
+        store.tick()
+        assert store.get(token) is not None
+    clock.now += 500  # idle longer than the TTL, but not ticked: the cached chain
+    assert store.get(token) is not None
+    store.tick()
+    assert store.get(token) is None  # now it sees the time, and the backend's expiry
+
+
 def test_backend_is_bounded_and_evicts_least_recently_used(make: Make) -> None:
     store, _ = make(size=3, cache=1)
     tokens = [store.prepare(f"k{i}", []) for i in range(5)]
