@@ -11,8 +11,8 @@ without a status ride along with a proxied request (``Rewrite.resp_headers``).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -177,8 +177,17 @@ class Request:
             self._args = Args(source=self._src)
         return self._args
 
-    async def var(self, name: str) -> str | None:
-        """An nginx/APISIX variable (``remote_addr``, ``route_id``, ...); None if unset."""
+    # var() and body() are plain methods that return a coroutine, awaited
+    # the same way: compiled, an `async def` method is a function object
+    # that the plugin's `request.var` binds anew on every call (a bound
+    # method made and freed per call); a plain method is called unbound.
+
+    def var(self, name: str) -> Coroutine[Any, Any, str | None]:
+        """An nginx/APISIX variable (``remote_addr``, ``route_id``, ...); None
+        if unset. Awaited: ``await request.var("remote_addr")``."""
+        return self._var(name)
+
+    async def _var(self, name: str) -> str | None:
         # _cached_var written out: a coroutine less on the way to every answer.
         if name == self._var_name:
             return self._var_value
@@ -194,8 +203,12 @@ class Request:
             cache[name] = value
         return value
 
-    async def body(self) -> bytes:
-        """The request body (b"" when there is none), fetched once."""
+    def body(self) -> Coroutine[Any, Any, bytes]:
+        """The request body (b"" when there is none), fetched once. Awaited:
+        ``await request.body()``."""
+        return self._read_body()
+
+    async def _read_body(self) -> bytes:
         if self._new_body is not None:
             return self._new_body
         if self._body is None:
@@ -340,12 +353,16 @@ class UpstreamResponse:
             self._headers = Headers(self._pairs)
         return self._headers
 
-    async def var(self, name: str) -> str | None:
-        """An nginx/APISIX variable; None if unset. Cached for this response."""
-        return await _cached_var(self._vars, self._ask, name)
+    def var(self, name: str) -> Coroutine[Any, Any, str | None]:
+        """An nginx/APISIX variable; None if unset. Cached for this response.
+        Awaited, as Request.var (a plain method, for the same reason)."""
+        return _cached_var(self._vars, self._ask, name)
 
-    async def body(self) -> bytes:
-        """The upstream body (APISIX reads it all; b"" when empty)."""
+    def body(self) -> Coroutine[Any, Any, bytes]:
+        """The upstream body (APISIX reads it all; b"" when empty). Awaited."""
+        return self._read_body()
+
+    async def _read_body(self) -> bytes:
         if self._new_body is not None:
             return self._new_body
         if self._body is None:
