@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
-from runner.api.stepping import BUSY, Asked, Question, Returned, step_in
+from runner.api.stepping import BUSY, Asked, Question, Returned, returned_value, step_in
 from runner.api.taskhandle import DoneCallbacks, TaskHandle, new_handle
 
 # asyncio's own bookkeeping of the current task (C functions); typed for any
@@ -49,6 +49,7 @@ _copy_context: Final = contextvars.copy_context
 _TaskHandle: Final = TaskHandle
 _new_handle: Final = new_handle
 _Returned: Final = Returned
+_returned_value: Final = returned_value
 _Question: Final = Question
 
 #: Called once when the coroutine ends: (its result, None) or (None, its exception).
@@ -278,7 +279,7 @@ class CallTask:
             raise
         else:
             if type(result) is _Returned:
-                self._finish(result.value, None)
+                self._finish(_returned_value(result), None)
             elif result is _BUSY:  # the loop runs another task: nothing was stepped
                 self._resume_soon()
             else:

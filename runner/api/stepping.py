@@ -149,5 +149,16 @@ copy_context: Final[Callable[[contextvars.Context], contextvars.Context]] = (
 BUSY: Final[object] = c_function(CORO_MODULE, "BUSY") or BUSY_PY
 #: The type step_in returns a coroutine's end in.
 Returned: Final[type[ReturnedPy]] = c_function(CORO_MODULE, "Returned") or ReturnedPy
+
+
+def returned_value_py(returned: ReturnedPy) -> Any:
+    """The value a Returned holds (the C one's ``returned_value``: compiled,
+    ``returned.value`` is a generic attribute lookup of a C object)."""
+    return returned.value
+
+
+returned_value: Final[Callable[[ReturnedPy], Any]] = (
+    c_function(CORO_MODULE, "returned_value") or returned_value_py
+)
 #: The type of the questions a call's own coroutine awaits.
 Question: Final[type[QuestionPy]] = c_function(CORO_MODULE, "Question") or QuestionPy

@@ -334,3 +334,42 @@ def test_new_handle_stands_for_its_call_and_lets_weak_references_go(new_handle: 
     if new_handle is _C_NEW_HANDLE:
         with pytest.raises(TypeError):
             new_handle(object, call)
+
+
+@pytest.mark.parametrize(
+    "value_of",
+    [
+        pytest.param(stepping.returned_value_py, id="python"),
+        pytest.param(
+            c_function(stepping.CORO_MODULE, "returned_value"),
+            id="c",
+            marks=pytest.mark.skipif(_C_STEP_IN is None, reason=_NO_C),
+        ),
+    ],
+)
+def test_returned_value_is_what_the_coroutine_returned(value_of: Any) -> None:
+    returned = stepping.Returned if value_of is not stepping.returned_value_py else None
+    kind = returned or stepping.ReturnedPy
+    marker = object()
+    assert value_of(kind(marker)) is marker
+    if value_of is not stepping.returned_value_py:
+        with pytest.raises(TypeError):
+            value_of(marker)
+
+
+def test_leaving_another_task_changes_nothing_and_raises(impl: tuple[Any, Any, Any]) -> None:
+    """step_in enters and leaves the current task as asyncio does: a step
+    that finds the task changed under it (a plugin's own _leave_task/_enter_task)
+    raises, and what it found stays the current task."""
+    step_in, _, _ = impl
+    other = object()
+
+    def swap() -> Generator[None, None, None]:
+        tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+        tasks[LOOP] = other
+        yield
+
+    with pytest.raises(RuntimeError, match="does not match"):
+        step_in(contextvars.copy_context(), swap(), None, LOOP, TASK)
+    assert _current() is other
+    del asyncio.tasks._current_tasks[LOOP]  # type: ignore[attr-defined]
