@@ -195,9 +195,12 @@ class Request:
         if cache is not None and name in cache:
             return cache[name]
         value = var_text(await self._ask(_VAR, name))
+        # Read again after the await: calls of var() running at the same
+        # time (gather) may have kept their answers meanwhile.
         if self._var_name is None:
             self._var_name, self._var_value = name, value
         elif name != self._var_name:  # not asked twice at once (two awaits of one name)
+            cache = self._vars
             if cache is None:
                 cache = self._vars = {}
             cache[name] = value
