@@ -257,7 +257,7 @@ class Request:
         )
 
 
-@mypyc_attr(free_list_len=1)
+@mypyc_attr(free_list_len=1, acyclic=True)
 class Response:
     """The response the client gets. Setting ``status`` or ``body`` stops the
     request here (the upstream and the rest of the chain are skipped).

@@ -132,7 +132,7 @@ def _check_vtable(vt: int, vtlen: int, size: int) -> None:
         raise DecodeError(f"bad vtable size {vtlen}")
 
 
-@mypyc_attr(free_list_len=1)
+@mypyc_attr(free_list_len=1, acyclic=True)
 class Table:
     """A view of one table inside a received buffer. Nothing is decoded until
     a field is asked for. Hot accessors (``u32``, ``string``) are written out

@@ -106,7 +106,7 @@ class PrepareConfReq:
         return [(name, value or "") for name, value in self._t.text_pairs(0)]
 
 
-@mypyc_attr(free_list_len=1)
+@mypyc_attr(free_list_len=1, acyclic=True)
 class ReqCallView:
     """``A6.HTTPReqCall.Req``. ``id`` and ``conf_token`` are read at once (every
     call needs them); the rest only when a plugin asks."""
@@ -161,7 +161,7 @@ class ReqCallView:
         _ = (self.src_ip, self.method, self.path, self.args, self.headers)
 
 
-@mypyc_attr(free_list_len=1)
+@mypyc_attr(free_list_len=1, acyclic=True)
 class RespCallView:
     """``A6.HTTPRespCall.Req``: id (0), status (1), headers (2), conf_token (3)."""
 
