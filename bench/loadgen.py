@@ -94,7 +94,7 @@ class Options:
     conf: tuple[tuple[str, str], ...] = ()  # (plugin name, conf string), in order
     connections: int = 16
     duration: float = 10.0
-    processes: int = 0  # 0: 1 if connections <= 16 else 2
+    processes: int = 0  # 0: 1 if connections <= 16 else 2, at most the clients' CPUs
     warmup: float = 1.0
     variables: tuple[tuple[str, str], ...] = ()
     body_size: int = 0
@@ -105,8 +105,20 @@ class Options:
     pin: bool = False  # the runner started here on its own CPUs, the clients on the others
 
     def client_processes(self) -> int:
-        wanted = self.processes or (1 if self.connections <= 16 else 2)
+        """--processes, else 1 for up to 16 connections and 2 above, but never
+        more than the CPUs the clients have: two client processes on one CPU
+        take turns at the scheduler's tick (4 ms at 250 Hz), and the one
+        waiting reads its replies that much late, which the latency
+        percentiles then record as the runner's (a p99 of the tick)."""
+        wanted = self.processes or min(1 if self.connections <= 16 else 2, self.client_cpus())
         return max(1, min(wanted, self.connections))
+
+    def client_cpus(self) -> int:
+        """The CPUs the client processes have: pinned, those --pin leaves
+        them; else those this process may use, less the runner's workers."""
+        if self.pin:
+            return len(pin_sets(self.workers)[1])
+        return max(1, len(os.sched_getaffinity(0)) - self.workers)
 
 
 @dataclasses.dataclass
@@ -1445,7 +1457,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--duration", type=float, default=None, help="measured seconds (10; 3 per run in a suite)"
     )
-    p.add_argument("--processes", type=int, default=0, help="client processes")
+    p.add_argument(
+        "--processes", type=int, default=0,
+        help="client processes (default: 1 up to 16 connections, else 2; at most the CPUs "
+        "the clients have)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded from figures")
     p.add_argument(
         "--var",

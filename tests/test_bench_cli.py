@@ -124,3 +124,17 @@ def test_fake_runner_answers_a_rewrite_template_when_asked() -> None:
     assert action.path is None and action.args == [] and action.body is None
     stop = fake_runner.FakeConn(fake_runner.Replies(None, 0))._reply(fake_runner.RPC_HTTP_REQ_CALL)
     assert stop == fake_runner.build_stop_resp()
+
+
+def test_client_processes_never_outnumber_the_clients_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two client processes on one CPU take turns at the scheduler's tick, and
+    the waiting one's replies are read a tick late: the default never puts
+    more client processes than CPUs on the clients' side."""
+    monkeypatch.setattr(loadgen.os, "sched_getaffinity", lambda pid: {0, 1})
+    two_cpus = loadgen.Options(connections=64, workers=1)
+    assert two_cpus.client_cpus() == 1 and two_cpus.client_processes() == 1
+    assert loadgen.Options(connections=64, workers=1, pin=True).client_processes() == 1
+    monkeypatch.setattr(loadgen.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert loadgen.Options(connections=64, workers=4).client_processes() == 2
+    assert loadgen.Options(connections=16, workers=4).client_processes() == 1
+    assert loadgen.Options(connections=64, workers=1, processes=3).client_processes() == 3
