@@ -264,7 +264,9 @@ class ScalingOptions:
     warmup: float = 1.0
     rounds: int = 1
     workload: str = "stop"
-    processes: int = 0  # client processes; 0: loadgen's choice (1, or 2 above 16 connections)
+    # client processes; 0: loadgen's choice (1, or 2 above 16 connections; at
+    # most the clients' CPUs)
+    processes: int = 0
 
 
 def measure(s: ScalingOptions, path: str, supervisor: int, connections: int) -> Run:
