@@ -313,7 +313,8 @@ def _stop_template() -> tuple[bytes, int]:
 
 _STOP_LAYOUT: Final = _stop_template()
 _STOP_TEMPLATE: Final = _STOP_LAYOUT[0]
-_STOP_BODY_AT: Final = _STOP_LAYOUT[1] + 8  # then the status (u16) at + 12
+_STOP_BODY_AT: Final = _STOP_LAYOUT[1] + 8  # the body's offset (u32)
+_STOP_STATUS_AT: Final = _STOP_BODY_AT + 4  # the status (u16), right after it
 _STOP_VTABLES: Final = len(_STOP_TEMPLATE) - len(TEXT_VTABLES)
 # The template's constant runs between its variable fields.
 _STOP_HEAD: Final = _STOP_TEMPLATE[:_ID_AT]
@@ -357,7 +358,7 @@ def build_req_call_stop(
         not headers and _STOP_FRAME_C is not None and 0 <= req_id <= 0xFFFFFFFF
         and 0 <= status <= 0xFFFF and len(body) <= _STOP_BARE_BODY_MAX
     ):  # fmt: skip
-        return _STOP_FRAME_C(_STOP_BARE, _ID_AT, _STOP_BODY_AT + 4, req_id, status, body)
+        return _STOP_FRAME_C(_STOP_BARE, _ID_AT, _STOP_STATUS_AT, req_id, status, body)
     return build_req_call_stop_py(req_id, status, headers, body)
 
 

@@ -114,7 +114,7 @@ def test_c_stop_frame_writes_what_the_python_builder_writes() -> None:
 
 def test_c_stop_frame_refuses_fields_out_of_range() -> None:
     c = _c("stop_frame")
-    bare, id_at, status_at = messages._STOP_BARE, messages._ID_AT, messages._STOP_BODY_AT + 4
+    bare, id_at, status_at = messages._STOP_BARE, messages._ID_AT, messages._STOP_STATUS_AT
     assert (
         c(bare, id_at, status_at, 5, 200, b"x")[4:]
         == messages.build_req_call_stop_py(5, 200, [], b"x")[4:]
